@@ -1,0 +1,325 @@
+"""The assignment config (TOML), validated on load.
+
+Everything notebook-specific — parameter names and defaults, kernel names, questions, checks and
+their thresholds — lives in the config so that a new handout needs no code change. pydantic does
+the validation because its errors name the exact field at fault.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+from .paths import DEFAULT_CONFIG
+
+ParamValue = int | float | str | None
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AssignmentInfo(Strict):
+    name: str
+    contract_version: int
+    handout: str
+    solution: str
+
+
+class ClassifierInfo(Strict):
+    weights: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    seed: int = 0
+
+
+class ParameterSpec(Strict):
+    type: Literal["int", "float", "str"]
+    default: int | float | str | None = None
+    nullable: bool = False
+
+    @model_validator(mode="after")
+    def _default_matches_type(self) -> "ParameterSpec":
+        if self.default is None and not self.nullable:
+            raise ValueError("a parameter without a default must be nullable")
+        if self.default is not None:
+            self.coerce(self.default)
+        return self
+
+    def coerce(self, value: ParamValue) -> ParamValue:
+        """Value converted to this parameter's type; ValueError says why it cannot be."""
+        if value is None:
+            if self.nullable:
+                return None
+            raise ValueError("None is not allowed")
+        if self.type == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(f"{value!r} is not an integer")
+            return int(value)
+        if self.type == "float":
+            if isinstance(value, (bool, str)):
+                raise ValueError(f"{value!r} is not a number")
+            return float(value)
+        if not isinstance(value, str):
+            raise ValueError(f"{value!r} is not a string")
+        return value
+
+
+class Parameters(Strict):
+    tag: str = "parameters"
+    spec: dict[str, ParameterSpec]
+    presets: dict[str, dict[str, int | float | str]] = {}
+
+    @model_validator(mode="after")
+    def _presets_name_known_parameters(self) -> "Parameters":
+        for preset, values in self.presets.items():
+            for name, value in values.items():
+                if name not in self.spec:
+                    raise ValueError(f"preset {preset!r} sets unknown parameter {name!r}")
+                self.spec[name].coerce(value)
+        return self
+
+    def defaults(self) -> dict[str, ParamValue]:
+        return {name: spec.default for name, spec in self.spec.items()}
+
+
+class Contract(Strict):
+    ae: str
+    vae_beta0: str
+    vae_beta10: str
+    vae_tuned: str
+    best_beta: str
+    reconstruction_loss: str
+    kl_divergence: str
+    reparameterize: str
+    ae_history: str
+    vae_histories: str
+    best_beta_pattern: str
+
+    def model_names(self) -> dict[str, str]:
+        """Role -> kernel variable, for the four models."""
+        return {role: getattr(self, role) for role in ("ae", "vae_beta0", "vae_beta10", "vae_tuned")}
+
+
+class ReferenceInfo(Strict):
+    betas_fixed: list[float]
+    beta_sweep: list[float] = Field(min_length=1)
+    good_beta_fid_factor: float = Field(gt=1.0)
+
+
+class Limits(Strict):
+    cell_timeout_s: float = Field(gt=0)
+    notebook_timeout_s: float = Field(gt=0)
+    memory_mb: int = Field(gt=0)
+    processes: int = Field(gt=0)
+    output_bytes: int = Field(gt=0)
+
+
+class ProbeInfo(Strict):
+    n_test: int = Field(gt=0)
+    n_samples: int = Field(gt=1)
+    n_interp_pairs: int = Field(gt=0)
+    interp_steps: int = Field(ge=3)
+    n_reparam: int = Field(gt=1)
+    seed: int
+
+
+class Question(Strict):
+    id: str
+    part: str
+    match: str          # regex that identifies the question's markdown
+    points: float = Field(gt=0)
+    limit: int = Field(gt=0)
+
+    @field_validator("match")
+    @classmethod
+    def _compiles(cls, pattern: str) -> str:
+        import re
+
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return pattern
+
+
+class CheckBase(Strict):
+    id: str
+    title: str
+    points: float = Field(gt=0)
+
+
+class KLUnitCheck(CheckBase):
+    kind: Literal["kl_unit"]
+    rtol: float = Field(gt=0)
+
+
+class ReparamUnitCheck(CheckBase):
+    kind: Literal["reparam_unit"]
+    mean_tol: float = Field(gt=0)
+    std_tol: float = Field(gt=0)
+
+
+class ReconstructionCheck(CheckBase):
+    kind: Literal["reconstruction"]
+    model: Literal["ae", "vae_beta0", "vae_beta10", "vae_tuned"]
+    slack: float = Field(ge=1.0)
+    floor: Literal["mean_image"] = "mean_image"
+
+
+class Beta0Check(CheckBase):
+    kind: Literal["beta0_behaviour"]
+    model: Literal["vae_beta0"] = "vae_beta0"
+    kl_factor: float = Field(gt=1.0)
+    slack: float = Field(ge=1.0)
+
+
+class Beta10Check(CheckBase):
+    kind: Literal["beta10_behaviour"]
+    model: Literal["vae_beta10"] = "vae_beta10"
+    kl_max: float = Field(gt=0)
+    slack: float = Field(ge=1.0)
+
+
+class SampleQualityCheck(CheckBase):
+    kind: Literal["sample_quality"]
+    model: Literal["vae_tuned", "vae_beta0", "vae_beta10"] = "vae_tuned"
+    slack: float = Field(ge=1.0)
+    fid_floor_factor: float = Field(gt=1.0)
+
+
+class BestBetaCheck(CheckBase):
+    kind: Literal["best_beta"]
+
+
+class InterpolationCheck(CheckBase):
+    kind: Literal["interpolation"]
+    models: list[Literal["ae", "vae_tuned"]] = Field(min_length=1)
+    accept_confidence: float = Field(gt=0, lt=1)
+    slack: float = Field(ge=1.0)
+
+
+CheckSpec = Annotated[
+    Union[
+        KLUnitCheck,
+        ReparamUnitCheck,
+        ReconstructionCheck,
+        Beta0Check,
+        Beta10Check,
+        SampleQualityCheck,
+        BestBetaCheck,
+        InterpolationCheck,
+    ],
+    Field(discriminator="kind"),
+]
+
+
+class Assessable(Strict):
+    max_reference_mse_ratio: float = Field(gt=0, le=1)
+
+
+class AssignmentConfig(Strict):
+    assignment: AssignmentInfo
+    classifier: ClassifierInfo
+    parameters: Parameters
+    contract: Contract
+    reference: ReferenceInfo
+    limits: Limits
+    probe: ProbeInfo
+    questions: list[Question] = Field(min_length=1)
+    checks: list[CheckSpec] = Field(min_length=1)
+    assessable: Assessable
+
+    # Set by load_config: the folder the relative paths above are resolved against.
+    base_dir: Path = Path(".")
+    digest: str = ""
+
+    @model_validator(mode="after")
+    def _ids_unique(self) -> "AssignmentConfig":
+        for kind, ids in (("question", [q.id for q in self.questions]), ("check", [c.id for c in self.checks])):
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            if dupes:
+                raise ValueError(f"duplicate {kind} id(s): {', '.join(dupes)}")
+        return self
+
+    def path(self, relative: str) -> Path:
+        return self.base_dir / relative
+
+    @property
+    def max_auto_points(self) -> float:
+        return sum(c.points for c in self.checks)
+
+    @property
+    def max_answer_points(self) -> float:
+        return sum(q.points for q in self.questions)
+
+    def resolve_parameters(
+        self, overrides: dict[str, ParamValue] | None = None, preset: str | None = None
+    ) -> dict[str, ParamValue]:
+        """Defaults, then a preset, then the user's overrides; each checked against its spec."""
+        values = self.parameters.defaults()
+        layers: list[tuple[str, dict[str, ParamValue]]] = []
+        if preset:
+            if preset not in self.parameters.presets:
+                known = ", ".join(sorted(self.parameters.presets)) or "none"
+                raise ConfigError(f"unknown parameter preset {preset!r} (known: {known})")
+            layers.append((f"preset {preset!r}", dict(self.parameters.presets[preset])))
+        layers.append(("-p", dict(overrides or {})))
+        for source, layer in layers:
+            for name, value in layer.items():
+                if name not in self.parameters.spec:
+                    known = ", ".join(self.parameters.spec)
+                    raise ConfigError(f"{source}: unknown parameter {name!r} (known: {known})")
+                try:
+                    values[name] = self.parameters.spec[name].coerce(value)
+                except ValueError as exc:
+                    raise ConfigError(f"{source}: parameter {name}: {exc}") from exc
+        return values
+
+
+def _format_validation_error(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: invalid assignment config"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: Path | str | None = None) -> AssignmentConfig:
+    """Read and validate the assignment config; ConfigError names the file and the field."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    try:
+        raw_bytes = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the assignment config ({exc.strerror})") from exc
+    try:
+        raw = tomllib.loads(raw_bytes.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    raw["base_dir"] = path.resolve().parent
+    raw["digest"] = hashlib.sha256(raw_bytes).hexdigest()
+    try:
+        return AssignmentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(path, exc)) from exc
+
+
+def parse_override(text: str) -> tuple[str, ParamValue]:
+    """`NAME=VALUE` from the command line; VALUE read as a Python literal, else as a string."""
+    import ast
+
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise ConfigError(f"-p {text!r}: expected NAME=VALUE")
+    value = value.strip()
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parsed = value
+    if not isinstance(parsed, (int, float, str, type(None))):
+        raise ConfigError(f"-p {text!r}: VALUE must be a number, a string or None")
+    return name.strip(), parsed

@@ -1,0 +1,143 @@
+"""The solution's architecture and training loop, as the grader trains its reference models.
+
+The solution notebook defines the same classes and loss; keep the two in step (a test compares
+them). Data stays in memory as tensors and batches are drawn by index, not by a per-image
+DataLoader, which is what makes reference training fast on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+IMAGE_PIXELS = 28 * 28
+
+
+def _mlp(sizes: list[int]) -> list[nn.Module]:
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return layers
+
+
+class AutoEncoder(nn.Module):
+    """MLP autoencoder: 784 -> 512 -> 256 -> NZ -> 256 -> 512 -> 784, sigmoid output."""
+
+    def __init__(self, nz: int):
+        super().__init__()
+        self.nz = nz
+        self.encoder = nn.Sequential(nn.Flatten(), *_mlp([IMAGE_PIXELS, 512, 256, self._code_size()]))
+        self.decoder = nn.Sequential(*_mlp([nz, 256, 512, IMAGE_PIXELS]), nn.Sigmoid())
+
+    def _code_size(self) -> int:
+        return self.nz
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z).view(-1, 1, 28, 28)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+
+class VAE(AutoEncoder):
+    """The same MLP; the encoder outputs (mu, log_sigma), each [B, NZ]."""
+
+    def _code_size(self) -> int:
+        return 2 * self.nz
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, log_sigma = self.encoder(x).chunk(2, dim=1)
+        return mu, log_sigma
+
+    def forward(self, x: torch.Tensor):  # type: ignore[override]
+        mu, log_sigma = self.encode(x)
+        return self.decode(reparameterize(mu, log_sigma)), mu, log_sigma
+
+
+def reconstruction_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Sum of squared errors per image, [B]."""
+    return ((x_hat.reshape(x.shape[0], -1) - x.reshape(x.shape[0], -1)) ** 2).sum(dim=1)
+
+
+def kl_divergence(mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, I)) summed over latent dimensions, [B]."""
+    return 0.5 * (mu**2 + torch.exp(2 * log_sigma) - 1 - 2 * log_sigma).sum(dim=1)
+
+
+def reparameterize(mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+    return mu + torch.exp(log_sigma) * torch.randn_like(mu)
+
+
+@dataclass
+class TrainSettings:
+    nz: int
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+
+
+@dataclass
+class TrainedModel:
+    model: AutoEncoder
+    beta: float | None          # None for the plain autoencoder
+    history: list[dict] = field(default_factory=list)   # [{"epoch", "rec", "kl"}]
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator):
+    order = torch.randperm(n, generator=generator)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]
+
+
+def train_model(
+    images: torch.Tensor,
+    settings: TrainSettings,
+    beta: float | None,
+    device: torch.device | str = "cpu",
+) -> TrainedModel:
+    """Train an AE (beta=None) or a VAE with loss mean(rec + beta * KL), seeded by settings.seed."""
+    torch.manual_seed(settings.seed)
+    model = (AutoEncoder if beta is None else VAE)(settings.nz).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    generator = torch.Generator().manual_seed(settings.seed)
+    images = images.to(device)
+    history = []
+    for epoch in range(settings.epochs):
+        model.train()
+        rec_sum = kl_sum = 0.0
+        for index in _batches(len(images), settings.batch_size, generator):
+            x = images[index.to(images.device)]
+            if beta is None:
+                rec, kl = reconstruction_loss(model(x), x), torch.zeros(len(x), device=x.device)
+                loss = rec.mean()
+            else:
+                x_hat, mu, log_sigma = model(x)
+                rec, kl = reconstruction_loss(x_hat, x), kl_divergence(mu, log_sigma)
+                loss = (rec + beta * kl).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            rec_sum += rec.sum().item()
+            kl_sum += kl.sum().item()
+        n = len(images)
+        history.append({"epoch": epoch + 1, "rec": rec_sum / n, "kl": kl_sum / n})
+        if not math.isfinite(rec_sum):
+            break
+    model.eval()
+    return TrainedModel(model=model.cpu(), beta=beta, history=history)
+
+
+def pick_device(prefer: str | None = None) -> torch.device:
+    """CUDA when there is a GPU (or when asked), else the CPU."""
+    if prefer:
+        return torch.device(prefer)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

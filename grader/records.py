@@ -1,0 +1,103 @@
+"""Plain typed records the pipeline stages hand each other (and write as result.json).
+
+execute -> ExecutionResult; probe -> ProbeData (arrays, in grader/probe.py); measure -> Metrics;
+score -> CheckResult list; answers -> Answer list; grade -> SubmissionResult; report reads that.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Status = Literal["graded", "error", "timeout", "crashed", "invalid"]
+CellStatus = Literal["ok", "error", "timeout", "crashed", "not_run"]
+
+
+class CellRun(BaseModel):
+    index: int                      # position in the submitted notebook (injected cells excluded)
+    status: CellStatus
+    seconds: float = 0.0
+    error: str | None = None        # "NameError: name 'x' is not defined"
+    traceback: str | None = None    # plain text, ANSI colour codes removed
+    source_head: str = ""           # first line of the cell, to name it in reports
+
+
+class ExecutionResult(BaseModel):
+    status: Status
+    cells: list[CellRun] = []
+    errors: list[str] = []          # human-readable, one per problem
+    seconds: float = 0.0
+    executed_notebook: str | None = None   # path of executed.ipynb
+    probe_file: str | None = None          # npz written by the probe, None if it never ran
+    probe_error: str | None = None         # why the probe could not hand over something
+    sandbox_warnings: list[str] = []       # protections the host could not give
+
+
+class CheckResult(BaseModel):
+    id: str
+    title: str
+    points: float
+    max_points: float
+    message: str                    # what was measured and what was expected
+    assessable: bool = True         # False: reference not learned at these parameters
+    band: str = ""                  # e.g. "full credit <= 0.044; zero at >= 0.067"
+
+
+class Answer(BaseModel):
+    id: str
+    found: bool
+    text: str = ""
+    words: int = 0
+    limit: int
+    max_points: float
+    over_limit: bool = False
+    note: str = ""                  # e.g. "question not found in the notebook"
+
+
+class ModelFigures(BaseModel):
+    """Numbers measured for one model (student's or reference's); None where not measurable."""
+
+    mse: float | None = None                 # per pixel, on the fixed test images
+    kl: float | None = None                  # nats per image
+    elbo: float | None = None                # -(rec + kl) per image, sum-of-squares likelihood
+    sample_confidence: float | None = None   # classifier's mean max-probability on prior samples
+    sample_coverage: float | None = None     # classes present among confident samples / 10
+    sample_fid: float | None = None          # Fréchet distance on classifier features vs test
+    interp_accept: float | None = None       # share of intermediate images accepted
+    interp_smoothness: float | None = None   # largest step / path length (lower is smoother)
+
+
+class Metrics(BaseModel):
+    student: dict[str, ModelFigures] = {}     # role (ae, vae_beta0, ...) -> figures
+    reference: dict[str, ModelFigures] = {}
+    mean_image_mse: float | None = None       # the floor: predicting the mean training image
+    kl_unit: dict[str, float | None] = {}     # max relative error, etc.
+    reparam_unit: dict[str, float | None] = {}
+    reference_good_betas: list[float] = []
+    reference_best_beta: float | None = None
+
+
+class SubmissionResult(BaseModel):
+    submission: str
+    status: Status
+    score: float = 0.0
+    max_score: float = 0.0
+    answer_points_pending: float = 0.0        # given by staff, not zero
+    overrides: dict[str, int | float | str | None] = {}
+    parameters: dict[str, int | float | str | None] = {}
+    checks: list[CheckResult] = []
+    metrics: Metrics = Field(default_factory=Metrics)
+    answers: list[Answer] = []
+    best_beta: float | None = None
+    best_beta_source: str | None = None       # "kernel" or "markdown"
+    cells: list[CellRun] = []
+    errors: list[str] = []
+    sandbox_warnings: list[str] = []
+    figures: dict[str, str] = {}              # name -> PNG file name next to result.json
+    histories: dict = {}                       # {"ae": [...], "vae": {beta: [...]}} when kept
+    grader_version: str = ""
+    device: str = ""
+    graded_at: str = ""
+    seconds: float = 0.0
+    cache_key: str = ""
