@@ -1,0 +1,251 @@
+"""Points per check from the measured metrics, with partial credit that follows each metric.
+
+Each check kind has one scoring function: (check spec, measurement) -> CheckResult. Messages say
+what was measured and what was expected. When the reference itself has not learned at the run's
+parameters, quality checks are "not assessable": they neither award nor withhold points.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .config import (
+    AssignmentConfig,
+    Beta0Check,
+    Beta10Check,
+    BestBetaCheck,
+    CheckSpec,
+    InterpolationCheck,
+    KLUnitCheck,
+    ReconstructionCheck,
+    ReparamUnitCheck,
+    SampleQualityCheck,
+)
+from .records import CheckResult, Metrics, ModelFigures
+
+
+@dataclass
+class Measurement:
+    """What scoring needs: the metrics plus why a part could not be measured."""
+
+    metrics: Metrics
+    missing: dict[str, str] = field(default_factory=dict)   # part -> reason (probe errors, ...)
+    best_beta: float | None = None
+    assessable: bool = True
+    assessable_reason: str = ""
+
+
+def linear_credit(value: float, full_at: float, zero_at: float) -> float:
+    """1 at full_at, 0 at zero_at, linear between, clipped; works in either direction."""
+    if value is None or not math.isfinite(value):
+        return 0.0
+    if full_at == zero_at:
+        return 1.0 if value == full_at else 0.0
+    share = (value - zero_at) / (full_at - zero_at)
+    return min(1.0, max(0.0, share))
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    if value is None:
+        return "n/a"
+    if value != 0 and (abs(value) >= 1e4 or abs(value) < 1e-3):
+        return f"{value:.2e}"
+    return f"{value:.{digits}g}"
+
+
+def _result(check: CheckSpec, share: float, message: str, band: str = "", assessable: bool = True) -> CheckResult:
+    points = round(check.points * share, 2) if assessable else 0.0
+    return CheckResult(
+        id=check.id, title=check.title, points=points, max_points=check.points,
+        message=message, band=band, assessable=assessable,
+    )
+
+
+def _unmeasurable(check: CheckSpec, m: Measurement, *parts: str) -> CheckResult | None:
+    reasons = [f"{part}: {m.missing[part]}" for part in parts if part in m.missing]
+    if reasons:
+        return _result(check, 0.0, "Could not be measured — " + "; ".join(reasons))
+    return None
+
+
+def _not_assessable(check: CheckSpec, m: Measurement) -> CheckResult:
+    return _result(
+        check, 0.0,
+        f"Not assessable at these parameters: {m.assessable_reason}. No points awarded or withheld.",
+        assessable=False,
+    )
+
+
+def _figures(m: Measurement, side: str, role: str) -> ModelFigures:
+    return getattr(m.metrics, side).get(role) or ModelFigures()
+
+
+def score_kl(check: KLUnitCheck, m: Measurement) -> CheckResult:
+    if (early := _unmeasurable(check, m, "kl_divergence")):
+        return early
+    unit = m.metrics.kl_unit
+    err = unit.get("max_rel_error")
+    ok = err is not None and err <= check.rtol
+    message = (
+        f"kl_divergence on 64 fixed (mu, log_sigma) rows: max relative error {_fmt(err)} against the "
+        f"analytic KL (allowed {check.rtol:g}); mean {_fmt(unit.get('student_mean'))} vs expected "
+        f"{_fmt(unit.get('analytic_mean'))}."
+    )
+    if not ok and unit.get("student_mean") is not None and unit["student_mean"] < 0:
+        message += " The KL divergence is never negative: check the sign of your expression."
+    return _result(check, 1.0 if ok else 0.0, message, band=f"full credit at relative error <= {check.rtol:g}")
+
+
+def score_reparam(check: ReparamUnitCheck, m: Measurement) -> CheckResult:
+    if (early := _unmeasurable(check, m, "reparameterize")):
+        return early
+    unit = m.metrics.reparam_unit
+    if unit.get("no_noise"):
+        return _result(check, 0.0, "reparameterize returned mu unchanged: no noise was added, so "
+                       "the model cannot learn a distribution (expected mu + sigma * eps, eps ~ N(0, I)).")
+    mean_err, std_err = unit.get("mean_error"), unit.get("std_error")
+    mean_ok = mean_err is not None and mean_err <= check.mean_tol
+    std_ok = std_err is not None and std_err <= check.std_tol
+    message = (
+        f"{_fmt(unit.get('draws'))} draws: mean off by {_fmt(mean_err)} sigma (allowed {check.mean_tol:g}), "
+        f"std off by {_fmt(std_err)} of sigma (allowed {check.std_tol:g})."
+    )
+    if mean_ok and not std_ok:
+        message += " The spread is wrong: sigma = exp(log_sigma), eps ~ N(0, I)."
+    return _result(check, (mean_ok + std_ok) / 2, message,
+                   band=f"half for the mean, half for the spread")
+
+
+def score_reconstruction(check: ReconstructionCheck, m: Measurement) -> CheckResult:
+    if (early := _unmeasurable(check, m, check.model)):
+        return early
+    if not m.assessable:
+        return _not_assessable(check, m)
+    student = _figures(m, "student", check.model).mse
+    reference = _figures(m, "reference", check.model).mse
+    floor = m.metrics.mean_image_mse
+    full_at = check.slack * reference
+    share = linear_credit(student, full_at, floor)
+    band = f"full credit at MSE <= {_fmt(full_at)}, none at >= {_fmt(floor)} (the mean image)"
+    message = (
+        f"{check.model} test MSE per pixel {_fmt(student)}; reference {_fmt(reference)}; "
+        f"predicting the mean image gives {_fmt(floor)}."
+    )
+    return _result(check, share, message, band)
+
+
+def score_beta0(check: Beta0Check, m: Measurement) -> CheckResult:
+    if (early := _unmeasurable(check, m, check.model)):
+        return early
+    if not m.assessable:
+        return _not_assessable(check, m)
+    student = _figures(m, "student", check.model)
+    tuned_kl = _figures(m, "reference", "vae_tuned").kl
+    reference = _figures(m, "reference", check.model)
+    kl_share = linear_credit(student.kl, check.kl_factor * tuned_kl, tuned_kl)
+    mse_share = linear_credit(student.mse, check.slack * reference.mse, m.metrics.mean_image_mse)
+    message = (
+        f"beta=0: KL {_fmt(student.kl)} nats (expected far above the tuned reference's {_fmt(tuned_kl)}, "
+        f"at least {_fmt(check.kl_factor * tuned_kl)}; reference beta=0: {_fmt(reference.kl)}); "
+        f"MSE {_fmt(student.mse)} (reference {_fmt(reference.mse)})."
+    )
+    band = "half for an unconstrained KL, half for reconstruction"
+    return _result(check, (kl_share + mse_share) / 2, message, band)
+
+
+def score_beta10(check: Beta10Check, m: Measurement) -> CheckResult:
+    if (early := _unmeasurable(check, m, check.model)):
+        return early
+    if not m.assessable:
+        return _not_assessable(check, m)
+    student = _figures(m, "student", check.model)
+    reference = _figures(m, "reference", check.model)
+    tuned = _figures(m, "reference", "vae_tuned")
+    kl_share = linear_credit(student.kl, check.kl_max, max(tuned.kl or 0.0, 2 * check.kl_max))
+    # Worse reconstruction than a tuned VAE is the expected behaviour, as far as the reference's.
+    worse_share = linear_credit(student.mse, reference.mse / check.slack, tuned.mse)
+    message = (
+        f"beta=10: KL {_fmt(student.kl)} nats (expected near zero, <= {check.kl_max:g}; reference "
+        f"{_fmt(reference.kl)}); MSE {_fmt(student.mse)} (reference beta=10 {_fmt(reference.mse)}, "
+        f"tuned {_fmt(tuned.mse)}: the prior should dominate and blur reconstructions)."
+    )
+    band = "half for a collapsed KL, half for reconstructions as blurred as the reference's"
+    return _result(check, (kl_share + worse_share) / 2, message, band)
+
+
+def score_samples(check: SampleQualityCheck, m: Measurement) -> CheckResult:
+    if (early := _unmeasurable(check, m, check.model)):
+        return early
+    if not m.assessable:
+        return _not_assessable(check, m)
+    s, r = _figures(m, "student", check.model), _figures(m, "reference", check.model)
+    fid_share = linear_credit(s.sample_fid, check.slack * r.sample_fid, check.fid_floor_factor * r.sample_fid)
+    conf_share = linear_credit(s.sample_confidence, r.sample_confidence / check.slack, 0.1)
+    cov_share = linear_credit(s.sample_coverage, r.sample_coverage - 0.1, 0.0)
+    share = 0.6 * fid_share + 0.2 * conf_share + 0.2 * cov_share
+    message = (
+        f"Fréchet distance {_fmt(s.sample_fid)} (reference at the same beta {_fmt(r.sample_fid)}), "
+        f"classifier confidence {_fmt(s.sample_confidence)} (reference {_fmt(r.sample_confidence)}), "
+        f"class coverage {_fmt(s.sample_coverage)} (reference {_fmt(r.sample_coverage)})."
+    )
+    band = (f"Fréchet distance: full credit <= {_fmt(check.slack * r.sample_fid)}, none >= "
+            f"{_fmt(check.fid_floor_factor * r.sample_fid)} (60%); confidence 20%; coverage 20%")
+    return _result(check, share, message, band)
+
+
+def score_best_beta(check: BestBetaCheck, m: Measurement) -> CheckResult:
+    good = m.metrics.reference_good_betas
+    if m.best_beta is None:
+        return _result(check, 0.0, "best_beta was not found in the kernel nor in the markdown.")
+    if not m.assessable or not good:
+        return _not_assessable(check, m)
+    low, high = min(good), max(good)
+    ok = low <= m.best_beta <= high
+    message = (
+        f"best_beta = {_fmt(m.best_beta)}; the reference sweep found betas from {_fmt(low)} to "
+        f"{_fmt(high)} good (best {_fmt(m.metrics.reference_best_beta)})."
+    )
+    return _result(check, 1.0 if ok else 0.0, message, band=f"full credit within [{_fmt(low)}, {_fmt(high)}]")
+
+
+def score_interpolation(check: InterpolationCheck, m: Measurement) -> CheckResult:
+    if (early := _unmeasurable(check, m, *check.models)):
+        return early
+    if not m.assessable:
+        return _not_assessable(check, m)
+    shares, parts = [], []
+    for role in check.models:
+        s, r = _figures(m, "student", role), _figures(m, "reference", role)
+        accept = linear_credit(s.interp_accept, (r.interp_accept or 0.0) / check.slack, 0.0)
+        smooth = linear_credit(s.interp_smoothness, check.slack * (r.interp_smoothness or 1.0), 1.0)
+        shares.append((accept + smooth) / 2)
+        parts.append(
+            f"{role}: {_fmt(s.interp_accept)} of intermediate images recognised (reference "
+            f"{_fmt(r.interp_accept)}), smoothness {_fmt(s.interp_smoothness)} (reference "
+            f"{_fmt(r.interp_smoothness)}, lower is smoother)"
+        )
+    band = "per model: half for recognisable intermediates, half for even steps"
+    return _result(check, sum(shares) / len(shares), "; ".join(parts) + ".", band)
+
+
+SCORERS = {
+    "kl_unit": score_kl,
+    "reparam_unit": score_reparam,
+    "reconstruction": score_reconstruction,
+    "beta0_behaviour": score_beta0,
+    "beta10_behaviour": score_beta10,
+    "sample_quality": score_samples,
+    "best_beta": score_best_beta,
+    "interpolation": score_interpolation,
+}
+
+
+def score_checks(config: AssignmentConfig, measurement: Measurement) -> list[CheckResult]:
+    return [SCORERS[check.kind](check, measurement) for check in config.checks]
+
+
+def totals(checks: list[CheckResult]) -> tuple[float, float]:
+    """(score, max_score) over the assessable checks."""
+    assessable = [c for c in checks if c.assessable]
+    return round(sum(c.points for c in assessable), 2), round(sum(c.max_points for c in assessable), 2)
