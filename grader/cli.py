@@ -1,0 +1,163 @@
+"""The `grader` command line: one entry point, one sub-command per job (typer)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import GraderError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Grade autoencoder/VAE notebooks.")
+classifier_app = typer.Typer(no_args_is_help=True, help="The MNIST classifier that judges samples.")
+app.add_typer(classifier_app, name="classifier")
+
+ConfigOpt = typer.Option(None, "--config", help="Assignment config (default: reference/assignment.toml).")
+ParamOpt = typer.Option([], "-p", "--parameter", help="Override a notebook parameter: NAME=VALUE (repeatable).")
+
+
+def _log(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _fail(exc: GraderError) -> None:
+    typer.secho(f"error: {exc}", fg="red", err=True)
+    raise typer.Exit(2)
+
+
+def _overrides(pairs: list[str]) -> dict:
+    from .config import parse_override
+
+    return dict(parse_override(p) for p in pairs)
+
+
+@app.command()
+def data(
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="MNIST root (default: the per-user cache)."),
+    source: Optional[Path] = typer.Option(None, "--source", help="A directory that already holds the idx files."),
+) -> None:
+    """Provision MNIST (the four canonical idx files, md5-verified) without internet."""
+    from .data import ensure_mnist
+
+    try:
+        root = ensure_mnist(data_dir, source_dir=source, log=_log)
+    except GraderError as exc:
+        _fail(exc)
+    typer.echo(f"MNIST ready in {root / 'MNIST' / 'raw'}")
+
+
+@classifier_app.command("train")
+def classifier_train(
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write the weights (default: the config's)."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Train the sample-judging CNN deterministically; prints its test accuracy and SHA-256."""
+    from .classifier import file_sha256, train_classifier
+    from .config import load_config
+
+    try:
+        cfg = load_config(config)
+        target = out or cfg.path(cfg.classifier.weights)
+        kwargs = {"seed": cfg.classifier.seed if seed is None else seed, "log": _log}
+        if epochs is not None:
+            kwargs["epochs"] = epochs
+        accuracy = train_classifier(target, **kwargs)
+    except GraderError as exc:
+        _fail(exc)
+    typer.echo(f"weights {target}\nsha256 {file_sha256(target)}\naccuracy {accuracy:.4f}")
+
+
+@classifier_app.command("evaluate")
+def classifier_evaluate(config: Optional[Path] = ConfigOpt) -> None:
+    """Accuracy of the shipped (hash-checked) classifier on the 10 000 MNIST test images."""
+    from .classifier import evaluate_configured
+    from .config import load_config
+
+    try:
+        accuracy = evaluate_configured(load_config(config))
+    except GraderError as exc:
+        _fail(exc)
+    typer.echo(f"accuracy {accuracy:.4f}")
+
+
+@app.command()
+def reference(
+    parameter: list[str] = ParamOpt,
+    preset: Optional[str] = typer.Option(None, "--preset", help="A parameter preset from the config (quick, smoke)."),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Train (or load from the cache) the solution's AE and VAEs under the given parameters."""
+    from .config import load_config
+    from .reference import build_reference, format_reference_table
+
+    try:
+        cfg = load_config(config)
+        params = cfg.resolve_parameters(_overrides(parameter), preset)
+        ref = build_reference(cfg, params, log=_log)
+    except GraderError as exc:
+        _fail(exc)
+    typer.echo(format_reference_table(ref))
+
+
+@app.command()
+def grade(
+    submissions: Path = typer.Argument(..., help="A folder of .ipynb files, or one notebook."),
+    out: Path = typer.Option(..., "--out", help="Output folder (gradebook.csv, one folder per submission)."),
+    parameter: list[str] = ParamOpt,
+    preset: Optional[str] = typer.Option(None, "--preset", help="A parameter preset from the config (quick, smoke)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Submissions executed at once."),
+    cell_timeout: Optional[float] = typer.Option(None, "--cell-timeout", help="Seconds per cell."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds per notebook."),
+    no_pdf: bool = typer.Option(False, "--no-pdf", help="Skip the PDF reports."),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Grade every notebook: sandboxed run, measurement against the reference, points, PDFs."""
+    from .grade import GradeOptions, grade_submissions
+
+    options = GradeOptions(
+        out_dir=out, overrides=_overrides(parameter) if parameter else {}, preset=preset,
+        workers=workers, cell_timeout=cell_timeout, notebook_timeout=timeout,
+        config_path=config, pdf=not no_pdf,
+    )
+    try:
+        grade_submissions(submissions, options, log=_log)
+    except GraderError as exc:
+        _fail(exc)
+
+
+@app.command()
+def check(
+    notebook: Path = typer.Argument(..., help="Your notebook."),
+    out: Path = typer.Option(Path("grader-check"), "--out", help="Where the report goes."),
+    parameter: list[str] = ParamOpt,
+    preset: str = typer.Option("quick", "--preset", help="Parameter preset (default: quick)."),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Self-check before handing in: the grading pipeline on one notebook, with quick parameters."""
+    from .grade import GradeOptions, self_check
+
+    options = GradeOptions(out_dir=out, overrides=_overrides(parameter), preset=preset, config_path=config)
+    try:
+        self_check(notebook, options, log=_log)
+    except GraderError as exc:
+        _fail(exc)
+
+
+@app.command()
+def report(out: Path = typer.Argument(..., help="An output folder written by `grader grade`.")) -> None:
+    """Re-render every PDF (and the class summary) from the result.json files alone."""
+    from .report import rerender
+
+    try:
+        paths = rerender(out)
+    except GraderError as exc:
+        _fail(exc)
+    typer.echo(f"rendered {len(paths)} PDF(s) in {out}")
+
+
+def main() -> None:  # pragma: no cover - console script shim
+    sys.exit(app())

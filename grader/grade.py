@@ -1,0 +1,366 @@
+"""Grade a folder of notebooks: execute (sandboxed), probe, measure, score, answers, report.
+
+One GradingContext is built per run (config, parameters, data, classifier, reference models,
+fixed probe inputs); each submission then goes through `run_execution` (the slow, cached part,
+parallel across --workers) and `evaluate` (measure + score + answers + figures, in this process).
+Reruns reuse what is still valid: execution.json is keyed by everything that changes a run, and
+result.json additionally by the config, so a rubric change re-scores without re-executing.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import nbformat
+
+from . import __version__, atomic
+from .config import AssignmentConfig, load_config
+from .errors import GraderError
+from .probe import INPUTS_FILE, OUTPUT_FILE, OUTPUT_JSON, ProbeData, ProbeInputs, load_probe, probe_code
+from .records import Answer, ExecutionResult, SubmissionResult
+from .score import Measurement, score_checks, totals
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class GradeOptions:
+    out_dir: Path
+    overrides: dict = field(default_factory=dict)
+    preset: str | None = None
+    workers: int = 1
+    cell_timeout: float | None = None
+    notebook_timeout: float | None = None
+    config_path: Path | None = None
+    pdf: bool = True
+    data_dir: Path | None = None
+
+
+@dataclass
+class GradingContext:
+    """Everything shared by the submissions of one run."""
+
+    config: AssignmentConfig
+    params: dict
+    data_dir: Path
+    inputs: ProbeInputs
+    inputs_sha: str
+    judge: object                      # measure.Judge
+    reference: object                  # reference.ReferenceSet
+    device: str
+    template: nbformat.NotebookNode | None
+    options: GradeOptions
+    _reference_probes: dict = field(default_factory=dict)
+
+    @property
+    def overrides(self) -> dict:
+        """The parameters that differ from the config's defaults (what the report calls reduced)."""
+        defaults = self.config.parameters.defaults()
+        return {k: v for k, v in self.params.items() if defaults.get(k) != v}
+
+    def reference_probe(self, beta: float | None) -> ProbeData:
+        """The probe run in-process on the reference models, with vae_tuned at `beta`."""
+        from .probe import probe_in_process
+        from . import models
+
+        tuned_beta, tuned = self.reference.vae_at(beta)
+        if tuned_beta not in self._reference_probes:
+            namespace = {
+                "ae": self.reference.models["ae"],
+                "vae_beta0": self.reference.models["vae_beta0"],
+                "vae_beta10": self.reference.models["vae_beta10"],
+                "vae_tuned": tuned,
+                "kl_divergence": models.kl_divergence,
+                "reparameterize": models.reparameterize,
+                "reconstruction_loss": models.reconstruction_loss,
+                "best_beta": tuned_beta,
+            }
+            with tempfile.TemporaryDirectory(prefix="grader-ref-probe-") as tmp:
+                self._reference_probes[tuned_beta] = probe_in_process(namespace, self.config, self.inputs, Path(tmp))
+        return self._reference_probes[tuned_beta]
+
+
+def prepare(options: GradeOptions, log: Log) -> GradingContext:
+    from .classifier import load_configured_classifier
+    from .data import ensure_mnist, load_mnist
+    from .measure import Judge
+    from .models import pick_device
+    from .probe import make_probe_inputs
+    from .reference import build_reference
+
+    config = load_config(options.config_path)
+    params = config.resolve_parameters(options.overrides, options.preset)
+    data_dir = ensure_mnist(options.data_dir, log=log)
+    test_x, test_y = load_mnist(train=False, data_dir=data_dir)
+    inputs = make_probe_inputs(config, params, test_x, test_y)
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs_sha = inputs.save(Path(tmp) / INPUTS_FILE)
+    classifier = load_configured_classifier(config)
+    accept = next((c.accept_confidence for c in config.checks if c.kind == "interpolation"), 0.5)
+    judge = Judge.build(classifier, test_x, accept)
+    reference = build_reference(config, params, log=log)
+    handout = config.path(config.assignment.handout)
+    template = nbformat.read(handout, as_version=4) if handout.exists() else None
+    device = str(pick_device())
+    return GradingContext(config, params, data_dir, inputs, inputs_sha, judge, reference, device, template, options)
+
+
+def discover(submissions: Path) -> list[Path]:
+    if not submissions.exists():
+        raise GraderError(f"{submissions}: no such file or folder")
+    if submissions.is_file():
+        return [submissions]
+    found = sorted(p for p in submissions.iterdir() if p.suffix == ".ipynb" and not p.name.startswith("."))
+    if not found:
+        raise GraderError(f"{submissions}: no .ipynb files in this folder")
+    stems = [p.stem for p in found]
+    if len(set(stems)) != len(stems):
+        raise GraderError(f"{submissions}: two notebooks share a name")
+    return found
+
+
+def _digest(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def execution_key(ctx: GradingContext, notebook: Path) -> str:
+    limits = ctx.config.limits.model_dump()
+    return _digest(
+        hashlib.sha256(notebook.read_bytes()).hexdigest(), ctx.params, ctx.inputs_sha,
+        ctx.config.contract.model_dump(), ctx.config.parameters.tag, limits,
+        ctx.options.cell_timeout, ctx.options.notebook_timeout, __version__,
+    )
+
+
+def run_execution(ctx: GradingContext, notebook: Path, out: Path) -> ExecutionResult:
+    """Execute one notebook in a fresh scratch directory, or reuse a finished run of the same key."""
+    from .execute import execute_notebook
+
+    key = execution_key(ctx, notebook)
+    record = out / "execution.json"
+    if record.exists():
+        try:
+            saved = json.loads(record.read_text())
+            if saved.get("key") == key:
+                return ExecutionResult.model_validate(saved["result"])
+        except (ValueError, KeyError):
+            pass  # unreadable record: run again
+    out.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f"grader-{notebook.stem[:40]}-"))
+    try:
+        ctx.inputs.save(scratch / INPUTS_FILE)
+        result = execute_notebook(
+            notebook, scratch, dict(ctx.params), config=ctx.config, data_dir=ctx.data_dir,
+            probe_code=probe_code(ctx.config, ctx.inputs_sha),
+            cell_timeout=ctx.options.cell_timeout, notebook_timeout=ctx.options.notebook_timeout,
+        )
+        for name in ("executed.ipynb", OUTPUT_FILE, OUTPUT_JSON):
+            source = scratch / name
+            if source.is_file() and not source.is_symlink():
+                atomic.copy_file(source, out / name)
+            else:
+                (out / name).unlink(missing_ok=True)
+        result.executed_notebook = "executed.ipynb" if (out / "executed.ipynb").exists() else None
+        result.probe_file = OUTPUT_FILE if (out / OUTPUT_FILE).exists() else None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    atomic.write_text(record, json.dumps({"key": key, "result": result.model_dump()}, indent=1))
+    return result
+
+
+def _read_notebook(path: Path) -> nbformat.NotebookNode | None:
+    try:
+        return nbformat.read(path, as_version=4)
+    except Exception:
+        return None
+
+
+def _answers(ctx: GradingContext, nb: nbformat.NotebookNode | None) -> list[Answer]:
+    from .answers import extract_answers
+
+    if nb is None:
+        return [
+            Answer(id=q.id, found=False, limit=q.limit, max_points=q.points,
+                   note="the notebook could not be read, so no answer could be extracted")
+            for q in ctx.config.questions
+        ]
+    return extract_answers(nb, ctx.config, template=ctx.template)
+
+
+def _best_beta(ctx: GradingContext, probe: ProbeData, nb) -> tuple[float | None, str | None]:
+    from .answers import find_best_beta_in_markdown
+
+    value = probe.values.get("best_beta")
+    if isinstance(value, (int, float)):
+        return float(value), "kernel"
+    if nb is not None:
+        found = find_best_beta_in_markdown(nb, ctx.config.contract.best_beta_pattern)
+        if found is not None:
+            return found, "markdown"
+    return None, None
+
+
+def evaluate(ctx: GradingContext, notebook: Path, execution: ExecutionResult, out: Path) -> SubmissionResult:
+    """Measure, score and collect answers for one executed submission."""
+    from .measure import measure
+    from .result_figures import write_figures
+
+    nb = _read_notebook(notebook)
+    student = load_probe(out) if execution.probe_file else ProbeData(
+        errors={"probe": execution.probe_error or f"the notebook's run ended as {execution.status!r} before the grader could probe it"}
+    )
+    if execution.probe_error and "probe" not in student.errors:
+        student.errors["probe"] = execution.probe_error
+    best_beta, source = _best_beta(ctx, student, nb)
+    reference = ctx.reference_probe(best_beta)
+    measurement = measure(
+        student, reference, ctx.inputs, ctx.judge,
+        mean_image_mse=ctx.reference.mean_image_mse, good_betas=ctx.reference.good_betas,
+        reference_best_beta=ctx.reference.best_beta, best_beta=best_beta, config=ctx.config,
+    )
+    checks = score_checks(ctx.config, measurement)
+    score, max_score = totals(checks)
+    errors = list(execution.errors)
+    errors += [f"{part}: {why}" for part, why in measurement.missing.items()]
+    result = SubmissionResult(
+        submission=notebook.stem, status=execution.status, score=score, max_score=max_score,
+        answer_points_pending=ctx.config.max_answer_points, overrides=ctx.overrides,
+        parameters=ctx.params, checks=checks, metrics=measurement.metrics,
+        answers=_answers(ctx, nb), best_beta=best_beta, best_beta_source=source,
+        cells=execution.cells, errors=errors, sandbox_warnings=execution.sandbox_warnings,
+        histories={k: student.values[k] for k in ("ae_history", "vae_histories") if k in student.values},
+        grader_version=__version__, device=ctx.device, seconds=round(execution.seconds, 2),
+    )
+    result.figures = write_figures(out, ctx, student, reference, measurement)
+    return result
+
+
+def result_key(ctx: GradingContext, notebook: Path) -> str:
+    return _digest(execution_key(ctx, notebook), ctx.config.digest, __version__)
+
+
+def _cached_result(out: Path, key: str) -> SubmissionResult | None:
+    path = out / "result.json"
+    if not path.exists():
+        return None
+    try:
+        result = SubmissionResult.model_validate_json(path.read_text())
+    except ValueError:
+        return None
+    return result if result.cache_key == key else None
+
+
+def grade_one(ctx: GradingContext, notebook: Path, execution: ExecutionResult) -> SubmissionResult:
+    out = ctx.options.out_dir / notebook.stem
+    key = result_key(ctx, notebook)
+    result = _cached_result(out, key)
+    if result is None:
+        result = evaluate(ctx, notebook, execution, out)
+        result.cache_key = key
+        result.graded_at = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        atomic.write_text(out / "result.json", result.model_dump_json(indent=1))
+    if ctx.options.pdf and (not (out / "report.pdf").exists() or
+                            (out / "report.pdf").stat().st_mtime < (out / "result.json").stat().st_mtime):
+        from .report import render_report
+
+        render_report(result, out)
+    return result
+
+
+def write_gradebook(path: Path, results: list[SubmissionResult], config: AssignmentConfig) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    check_ids = [c.id for c in config.checks]
+    writer.writerow(["submission", "status", "score", "max_score", *check_ids])
+    for r in sorted(results, key=lambda r: r.submission):
+        points = {c.id: (c.points if c.assessable else "n/a") for c in r.checks}
+        writer.writerow([r.submission, r.status, r.score, r.max_score, *(points.get(i, "") for i in check_ids)])
+    atomic.write_text(path, buffer.getvalue())
+
+
+def _crashed_result(notebook: Path, exc: BaseException) -> ExecutionResult:
+    return ExecutionResult(status="crashed", errors=[f"the grader could not run {notebook.name}: {type(exc).__name__}: {exc}"])
+
+
+def grade_submissions(submissions: Path, options: GradeOptions, log: Log = print) -> list[SubmissionResult]:
+    from tqdm import tqdm
+
+    notebooks = discover(submissions)
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    ctx = prepare(options, log)
+    results: list[SubmissionResult] = []
+    with ThreadPoolExecutor(max_workers=options.workers) as pool, tqdm(
+        total=len(notebooks), desc="grading", unit="nb", file=__import__("sys").stderr
+    ) as bar:
+        futures = {pool.submit(run_execution, ctx, nb, options.out_dir / nb.stem): nb for nb in notebooks}
+        for future in as_completed(futures):
+            notebook = futures[future]
+            try:
+                execution = future.result()
+            except Exception as exc:  # one notebook's failure never stops the batch
+                execution = _crashed_result(notebook, exc)
+            results.append(grade_one(ctx, notebook, execution))
+            bar.set_postfix_str(f"{notebook.stem}: {results[-1].status}")
+            bar.update()
+    results.sort(key=lambda r: r.submission)
+    write_gradebook(options.out_dir / "gradebook.csv", results, ctx.config)
+    if options.pdf:
+        from .report import render_summary
+
+        render_summary(results, options.out_dir, ctx.config)
+    print_summary(results, ctx, time.monotonic() - started)
+    return results
+
+
+def print_summary(results: list[SubmissionResult], ctx: GradingContext, seconds: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Graded {len(results)} notebook(s) in {seconds:.0f} s — parameters {ctx.overrides or 'defaults'}")
+    for column in ("submission", "status", "score", "answers found", "lost points on"):
+        table.add_column(column)
+    for r in results:
+        found = sum(a.found for a in r.answers)
+        lost = ", ".join(c.id for c in r.checks if c.assessable and c.points < c.max_points) or "-"
+        table.add_row(r.submission, r.status, f"{r.score:g} / {r.max_score:g}", f"{found}/{len(r.answers)}", lost)
+    Console(stderr=False).print(table)
+
+
+def self_check(notebook: Path, options: GradeOptions, log: Log = print) -> SubmissionResult:
+    """`grader check`: the grading pipeline on one notebook, printed as a short table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if not notebook.is_file():
+        raise GraderError(f"{notebook}: no such notebook")
+    results = grade_submissions(notebook, options, log=log)
+    result = results[0]
+    console = Console()
+    table = Table(title=f"{notebook.name}: {result.score:g} / {result.max_score:g} automatic points")
+    for column in ("check", "points", "message"):
+        table.add_column(column)
+    for c in result.checks:
+        table.add_row(c.title, f"{c.points:g}/{c.max_points:g}" if c.assessable else "n/a", c.message)
+    console.print(table)
+    answers = Table(title="Answers (graded by staff)")
+    for column in ("question", "found", "words / limit"):
+        answers.add_column(column)
+    for a in result.answers:
+        answers.add_row(a.id, "yes" if a.found else f"no — {a.note}", f"{a.words} / {a.limit}" + (" OVER" if a.over_limit else ""))
+    console.print(answers)
+    reduced = ", ".join(f"{k}={v}" for k, v in result.overrides.items())
+    console.print(f"Parameters reduced for a quick check ({reduced}); the final grade runs the full ones.")
+    console.print(f"Report: {options.out_dir / result.submission / 'report.pdf'}")
+    return result

@@ -1,0 +1,172 @@
+"""Measure: metrics of the student's and the reference's models, from the probe's tensors.
+
+Everything here runs in the grader's process on arrays the probe handed back; the classifier
+judges samples and interpolations. A part the probe could not produce is reported in
+`Measurement.missing` with the reason, and costs only the checks that depend on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import metrics
+from .classifier import classify
+from .config import AssignmentConfig
+from .probe import MODEL_ROLES, ProbeData, ProbeInputs
+from .records import Metrics, ModelFigures
+from .score import Measurement
+
+IMAGE_SIZE = 28 * 28
+
+
+class ShapeError(ValueError):
+    """An array from the probe does not have the contract's shape."""
+
+
+@dataclass
+class Judge:
+    """The classifier and the real test images' feature statistics (the Fréchet target)."""
+
+    classifier: torch.nn.Module
+    test_stats: metrics.FeatureStats
+    accept_confidence: float = 0.5
+
+    @classmethod
+    def build(cls, classifier: torch.nn.Module, test_images: torch.Tensor, accept_confidence: float) -> "Judge":
+        features = classify(classifier, test_images).features
+        return cls(classifier, metrics.feature_stats(features), accept_confidence)
+
+    def judge(self, images: np.ndarray):
+        return classify(self.classifier, torch.from_numpy(images).reshape(-1, 1, 28, 28))
+
+
+def as_images(array: np.ndarray | None, rows: int, what: str) -> np.ndarray:
+    """[rows, 1, 28, 28] float32 from what decode returned ([B,1,28,28] or [B,784])."""
+    if array is None:
+        raise ShapeError(f"{what} was not produced")
+    if array.size != rows * IMAGE_SIZE:
+        raise ShapeError(f"{what} has shape {list(array.shape)}, expected [{rows}, 1, 28, 28] or [{rows}, 784]")
+    images = array.reshape(rows, 1, 28, 28).astype(np.float32)
+    if not np.isfinite(images).all():
+        raise ShapeError(f"{what} contains NaN or infinite values")
+    return images
+
+
+def model_figures(probe: ProbeData, role: str, inputs: ProbeInputs, judge: Judge) -> ModelFigures:
+    """Every figure of one model; raises ShapeError naming the first array that is wrong."""
+    n_test = len(inputs.test_x)
+    recon = as_images(probe.get(f"{role}.recon"), n_test, f"{role}.decode(encode(x))")
+    figures = ModelFigures(mse=metrics.mse_per_pixel(recon, inputs.test_x))
+    log_sigma = probe.get(f"{role}.log_sigma")
+    if log_sigma is not None:
+        mu = probe.get(f"{role}.z")
+        figures.kl = float(metrics.kl_to_standard_normal(mu, log_sigma).mean())
+        sq_err = ((recon.reshape(n_test, -1) - inputs.test_x.reshape(n_test, -1)) ** 2).sum(axis=1)
+        figures.elbo = float(-(sq_err.mean() + figures.kl))
+    samples = as_images(probe.get(f"{role}.samples"), len(inputs.prior_z), f"{role}.decode(z) of prior samples")
+    judged = judge.judge(samples)
+    quality = metrics.sample_quality(judged.probs, confidence=judge.accept_confidence)
+    figures.sample_confidence = quality.mean_confidence
+    figures.sample_coverage = quality.coverage
+    figures.sample_fid = metrics.frechet_distance_from_stats(metrics.feature_stats(judged.features), judge.test_stats)
+    pairs, steps = len(inputs.interp_start), len(inputs.interp_alpha)
+    paths = as_images(probe.get(f"{role}.interp"), pairs * steps, f"{role} interpolation")
+    interp = metrics.interpolation_quality(
+        paths.reshape(pairs, steps, 1, 28, 28), judge.judge(paths).probs, judge.accept_confidence
+    )
+    figures.interp_accept, figures.interp_smoothness = interp.accept, interp.smoothness
+    return figures
+
+
+def all_model_figures(probe: ProbeData, inputs: ProbeInputs, judge: Judge) -> tuple[dict[str, ModelFigures], dict[str, str]]:
+    figures, missing = {}, {}
+    for role in MODEL_ROLES:
+        if role in probe.errors:
+            missing[role] = probe.errors[role]
+            continue
+        try:
+            figures[role] = model_figures(probe, role, inputs, judge)
+        except (ShapeError, ValueError) as exc:
+            missing[role] = str(exc)
+    return figures, missing
+
+
+def kl_unit(probe: ProbeData, inputs: ProbeInputs) -> dict[str, float | None]:
+    values = probe.get("kl_unit")
+    if values is None:
+        raise ShapeError("kl_divergence returned nothing")
+    error = metrics.kl_relative_error(values, inputs.kl_mu, inputs.kl_log_sigma)
+    return {
+        "max_rel_error": error,
+        "student_mean": float(np.mean(values)),
+        "analytic_mean": float(metrics.kl_to_standard_normal(inputs.kl_mu, inputs.kl_log_sigma).mean()),
+    }
+
+
+def reparam_unit(probe: ProbeData, inputs: ProbeInputs) -> dict[str, float | None]:
+    draws = probe.get("reparam_unit")
+    if draws is None or draws.shape != inputs.reparam_mu.shape:
+        shape = None if draws is None else list(draws.shape)
+        raise ShapeError(f"reparameterize returned shape {shape}, expected {list(inputs.reparam_mu.shape)}")
+    stats = metrics.reparam_stats(draws, inputs.reparam_mu, inputs.reparam_log_sigma)
+    return {
+        "mean_error": stats.mean_z_error,
+        "std_error": stats.std_ratio_error,
+        "no_noise": float(stats.identical_to_mu),
+        "draws": float(stats.draws),
+    }
+
+
+def _unit(name: str, fn, probe: ProbeData, inputs: ProbeInputs, missing: dict) -> dict:
+    if name in probe.errors:
+        missing[name] = probe.errors[name]
+        return {}
+    try:
+        return fn(probe, inputs)
+    except (ShapeError, ValueError) as exc:
+        missing[name] = str(exc)
+        return {}
+
+
+def measure(
+    student: ProbeData,
+    reference: ProbeData,
+    inputs: ProbeInputs,
+    judge: Judge,
+    *,
+    mean_image_mse: float,
+    good_betas: list[float],
+    reference_best_beta: float | None,
+    best_beta: float | None,
+    config: AssignmentConfig,
+) -> Measurement:
+    student_figures, missing = all_model_figures(student, inputs, judge)
+    reference_figures, reference_missing = all_model_figures(reference, inputs, judge)
+    if reference_missing:  # the grader's own models: a failure here is a bug, not the student's
+        raise RuntimeError(f"reference models could not be measured: {reference_missing}")
+    for part in ("probe", "inputs"):
+        if part in student.errors:
+            missing.update({role: student.errors[part] for role in MODEL_ROLES})
+    result = Metrics(
+        student=student_figures,
+        reference=reference_figures,
+        mean_image_mse=mean_image_mse,
+        kl_unit=_unit("kl_divergence", kl_unit, student, inputs, missing),
+        reparam_unit=_unit("reparameterize", reparam_unit, student, inputs, missing),
+        reference_good_betas=sorted(good_betas),
+        reference_best_beta=reference_best_beta,
+    )
+    ae_mse = reference_figures["ae"].mse
+    ratio = config.assessable.max_reference_mse_ratio
+    assessable = ae_mse < ratio * mean_image_mse
+    reason = (
+        f"the reference autoencoder reconstructs at MSE {ae_mse:.4f}, not below {ratio:g} x the "
+        f"mean image's {mean_image_mse:.4f}, so good and broken models cannot be told apart"
+    )
+    return Measurement(
+        metrics=result, missing=missing, best_beta=best_beta,
+        assessable=assessable, assessable_reason="" if assessable else reason,
+    )
