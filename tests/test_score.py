@@ -1,0 +1,112 @@
+"""Scoring: partial credit computed by hand, and each check's message and defect."""
+
+from __future__ import annotations
+
+import pytest
+
+from grader.config import load_config
+from grader.records import Metrics, ModelFigures
+from grader.score import Measurement, linear_credit, score_checks, totals
+
+CONFIG = load_config()
+
+
+def test_linear_credit_in_both_directions():
+    assert linear_credit(0.05, full_at=0.04, zero_at=0.06) == pytest.approx(0.5)
+    assert linear_credit(0.03, full_at=0.04, zero_at=0.06) == 1.0
+    assert linear_credit(0.07, full_at=0.04, zero_at=0.06) == 0.0
+    assert linear_credit(300, full_at=100, zero_at=20) == 1.0
+    assert linear_credit(60, full_at=100, zero_at=20) == pytest.approx(0.5)
+    assert linear_credit(float("nan"), 1, 0) == 0.0
+
+
+def reference_figures() -> dict[str, ModelFigures]:
+    return {
+        "ae": ModelFigures(mse=0.02, sample_fid=40, sample_confidence=0.6, sample_coverage=0.8,
+                           interp_accept=0.5, interp_smoothness=0.3),
+        "vae_beta0": ModelFigures(mse=0.025, kl=250.0),
+        "vae_beta10": ModelFigures(mse=0.085, kl=0.01),
+        "vae_tuned": ModelFigures(mse=0.04, kl=25.0, sample_fid=10.0, sample_confidence=0.9,
+                                  sample_coverage=1.0, interp_accept=0.8, interp_smoothness=0.2),
+    }
+
+
+def measurement(**student_changes) -> Measurement:
+    student = {k: v.model_copy() for k, v in reference_figures().items()}
+    for role, changes in student_changes.items():
+        student[role] = student[role].model_copy(update=changes)
+    metrics = Metrics(
+        student=student, reference=reference_figures(), mean_image_mse=0.067,
+        kl_unit={"max_rel_error": 1e-7, "student_mean": 30.0, "analytic_mean": 30.0},
+        reparam_unit={"mean_error": 0.01, "std_error": 0.01, "no_noise": 0.0, "draws": 4096.0},
+        reference_good_betas=[1.0, 2.0], reference_best_beta=1.0,
+    )
+    return Measurement(metrics=metrics, best_beta=1.0)
+
+
+def by_id(m: Measurement) -> dict:
+    return {c.id: c for c in score_checks(CONFIG, m)}
+
+
+def test_a_submission_equal_to_the_reference_gets_full_marks():
+    checks = by_id(measurement())
+    assert all(c.points == c.max_points for c in checks.values()), [
+        (c.id, c.points, c.message) for c in checks.values() if c.points != c.max_points
+    ]
+    assert totals(list(checks.values())) == (CONFIG.max_auto_points, CONFIG.max_auto_points)
+
+
+def test_kl_sign_error_loses_the_kl_points_and_says_why():
+    m = measurement()
+    m.metrics.kl_unit = {"max_rel_error": 2.0, "student_mean": -30.0, "analytic_mean": 30.0}
+    kl = by_id(m)["kl_divergence"]
+    assert kl.points == 0 and "sign" in kl.message and "-30" in kl.message
+
+
+def test_reparameterize_without_noise():
+    m = measurement()
+    m.metrics.reparam_unit = {"mean_error": 0.0, "std_error": 1.0, "no_noise": 1.0, "draws": 4096.0}
+    check = by_id(m)["reparameterize"]
+    assert check.points == 0 and "no noise" in check.message
+
+
+def test_reconstruction_credit_is_linear_between_reference_and_mean_image():
+    # full at 1.15 * 0.02 = 0.023, zero at 0.067: 0.045 is exactly halfway
+    check = by_id(measurement(ae={"mse": 0.045}))["ae_reconstruction"]
+    assert check.points == pytest.approx(1.0)
+    assert "0.045" in check.message and "0.067" in check.message
+
+
+def test_beta10_that_does_not_collapse_loses_points():
+    check = by_id(measurement(vae_beta10={"kl": 25.0, "mse": 0.04}))["vae_beta10_behaviour"]
+    assert check.points == 0
+
+
+def test_best_beta_outside_the_good_range():
+    m = measurement()
+    m.best_beta = 50.0
+    check = by_id(m)["best_beta"]
+    assert check.points == 0 and "50" in check.message
+    m.best_beta = None
+    assert "not found" in by_id(m)["best_beta"].message
+
+
+def test_missing_model_costs_only_its_checks():
+    m = measurement()
+    del m.metrics.student["vae_tuned"]
+    m.missing["vae_tuned"] = "NameError: name 'vae_tuned' is not defined"
+    checks = by_id(m)
+    for lost in ("vae_tuned_reconstruction", "vae_tuned_samples", "interpolation"):
+        assert checks[lost].points == 0 and "vae_tuned" in checks[lost].message
+    assert checks["ae_reconstruction"].points == checks["ae_reconstruction"].max_points
+
+
+def test_not_assessable_neither_awards_nor_withholds():
+    m = measurement(ae={"mse": 0.5})
+    m.assessable, m.assessable_reason = False, "the reference has not learned"
+    checks = by_id(m)
+    quality = checks["ae_reconstruction"]
+    assert not quality.assessable and "Not assessable" in quality.message
+    score, max_score = totals(list(checks.values()))
+    unit_points = checks["kl_divergence"].max_points + checks["reparameterize"].max_points
+    assert max_score == unit_points and score == unit_points
