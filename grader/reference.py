@@ -1,0 +1,572 @@
+"""Reference models: the solution's AE and VAEs, trained by the grader at the student's parameters.
+
+Every check compares a student's model with the reference trained on the same data, with the same
+parameters, so a grade does not depend on the parameters a course picks. The set holds the AE,
+the VAEs at the config's fixed betas (0 and 10) and at every beta of its sweep; the sweep beta
+whose prior samples are closest to the test set (Fréchet distance in the classifier's feature
+space) is the tuned VAE, and the betas within `good_beta_fid_factor` of it are the "good" ones.
+
+Training is the expensive part, so a set is cached under a key of everything that changes it
+(training parameters, betas, the training code, torch, the device kind, MNIST, the classifier)
+and written atomically under a file lock: concurrent workers train a key once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import filelock
+import torch
+
+from . import metrics, models, paths
+from .config import AssignmentConfig, ParamValue
+from .errors import ConfigError
+from .models import VAE, AutoEncoder, TrainSettings, TrainedModel, pick_device, train_model
+from .records import ModelFigures
+
+Log = Callable[[str], None]
+
+# Bump when what the cache holds, or how its figures are computed, changes meaning.
+REFERENCE_FORMAT = 1
+# The notebook parameters that change the trained models (DATA_DIR, START_LABEL, END_LABEL do not).
+TRAINING_PARAMS = ("NZ", "EPOCHS", "BATCH_SIZE", "LR", "SEED", "TRAIN_SUBSET")
+# Fréchet distances from fewer prior samples than this are too noisy to rank betas by.
+MIN_PRIOR_SAMPLES = 1000
+FIXED_ROLES = ("vae_beta0", "vae_beta10")   # config.reference.betas_fixed, in order
+WEIGHTS_FILE = "models.pt"
+META_FILE = "reference.json"
+EVAL_BATCH = 2000
+
+
+# --- parameters ---------------------------------------------------------------------------------
+
+
+def training_params(params: dict[str, ParamValue]) -> dict[str, ParamValue]:
+    """The six training parameters out of a notebook parameter dict, checked; ConfigError if not."""
+    missing = [name for name in TRAINING_PARAMS if name not in params]
+    if missing:
+        raise ConfigError(f"reference training needs the parameter(s) {', '.join(missing)}")
+    chosen = {name: params[name] for name in TRAINING_PARAMS}
+    for name in ("NZ", "EPOCHS", "BATCH_SIZE", "SEED"):
+        if not isinstance(chosen[name], int) or isinstance(chosen[name], bool):
+            raise ConfigError(f"parameter {name}: expected an integer, got {chosen[name]!r}")
+    for name in ("NZ", "EPOCHS", "BATCH_SIZE"):
+        if chosen[name] < 1:
+            raise ConfigError(f"parameter {name}: must be at least 1, got {chosen[name]}")
+    lr = chosen["LR"]
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and math.isfinite(lr)):
+        raise ConfigError(f"parameter LR: expected a positive number, got {lr!r}")
+    chosen["LR"] = float(lr)
+    subset = chosen["TRAIN_SUBSET"]
+    if subset is not None and (not isinstance(subset, int) or isinstance(subset, bool) or subset < 1):
+        raise ConfigError(f"parameter TRAIN_SUBSET: expected None or a positive integer, got {subset!r}")
+    return chosen
+
+
+def reference_params(params: dict[str, ParamValue]) -> TrainSettings:
+    """grader.models.TrainSettings from the notebook parameters (NZ, EPOCHS, BATCH_SIZE, LR, SEED)."""
+    p = training_params(params)
+    return TrainSettings(nz=p["NZ"], epochs=p["EPOCHS"], batch_size=p["BATCH_SIZE"], lr=p["LR"], seed=p["SEED"])
+
+
+def training_subset(images: torch.Tensor, train_subset: int | None) -> torch.Tensor:
+    """The images the solution notebook trains on: the first TRAIN_SUBSET of the training set
+    (all of them when None). First-N keeps it deterministic and trivial to mirror in a notebook."""
+    return images if train_subset is None else images[:train_subset]
+
+
+# --- cache key ----------------------------------------------------------------------------------
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's state_dict values, in key order (a classifier given in memory)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def prior_sample_count(config: AssignmentConfig) -> int:
+    return max(config.probe.n_samples, MIN_PRIOR_SAMPLES)
+
+
+def reference_cache_key(
+    config: AssignmentConfig,
+    params: dict[str, ParamValue],
+    device_kind: str | torch.device,
+    classifier_digest: str | None = None,
+) -> str:
+    """SHA-256 (hex) of everything that changes the reference set.
+
+    The training parameters, both beta lists, the source of grader/models.py (architecture,
+    loss, training loop), torch's version, the device kind (cpu/cuda: kernels differ), the
+    MNIST md5s, and what the figures depend on: the classifier (its configured sha256, or
+    `classifier_digest` for one given in memory), the prior samples (count, seed) and the
+    confidence threshold. Not DATA_DIR, START_LABEL, END_LABEL: they do not change the models.
+    """
+    from .data import mnist_md5s
+
+    kind = device_kind.type if isinstance(device_kind, torch.device) else torch.device(device_kind).type
+    payload = {
+        "format": REFERENCE_FORMAT,
+        "training": training_params(params),
+        "betas_fixed": [float(b) for b in config.reference.betas_fixed],
+        "beta_sweep": [float(b) for b in config.reference.beta_sweep],
+        "models_source": _sha256_bytes(Path(models.__file__).read_bytes()),
+        "torch": torch.__version__,
+        "device": kind,
+        "mnist": mnist_md5s(),
+        "classifier": classifier_digest or config.classifier.sha256,
+        "prior_samples": [prior_sample_count(config), config.probe.seed],
+        "confidence": _accept_confidence(config),
+    }
+    return _sha256_bytes(json.dumps(payload, sort_keys=True).encode())
+
+
+# --- the reference set --------------------------------------------------------------------------
+
+
+@dataclass
+class ReferenceSet:
+    params: dict[str, ParamValue]             # the six training parameters
+    key: str
+    device: str                               # where it was trained: "cpu" / "cuda"
+    models: dict[str, AutoEncoder]            # "ae", "vae_beta0", "vae_beta10", "vae_tuned" (on the CPU)
+    sweep: dict[float, VAE]                   # every sweep beta -> its VAE
+    best_beta: float                          # sweep beta with the lowest sample Fréchet distance
+    good_betas: list[float]                   # sweep betas within good_beta_fid_factor x the best
+    histories: dict                           # {"ae": [...], "vae": {beta: [...]}} per epoch rec / kl
+    figures: dict[str, ModelFigures]          # role -> figures on the 10 000 test images
+    sweep_figures: dict[float, ModelFigures]  # sweep beta -> figures
+    mean_image: torch.Tensor                  # [1, 28, 28] mean training image
+    mean_image_mse: float                     # MSE per pixel of predicting it for every test image
+    betas: dict[str, float | None]            # role -> beta (None for the AE)
+    train_seconds: dict[str, float] = field(default_factory=dict)   # "ae" / "beta=<b>" -> seconds
+    path: Path | None = None                  # the cache entry
+    cache_hit: bool = False
+
+    def vae_at(self, beta: float | None) -> tuple[float, VAE]:
+        """The sweep VAE nearest to `beta` on a log scale, with its beta: the fair comparison for
+        a student's tuned VAE. None or a non-finite beta gives the best one; beta <= 0 the smallest."""
+        if beta is None or not math.isfinite(beta):
+            return self.best_beta, self.sweep[self.best_beta]
+        if beta <= 0:
+            nearest = min(self.sweep)
+        else:
+            nearest = min(self.sweep, key=lambda b: (abs(math.log(b / beta)) if b > 0 else math.inf, b))
+        return nearest, self.sweep[nearest]
+
+    def namespace(self, config: AssignmentConfig, tuned_beta: float | None = None) -> dict:
+        """The set as a solved notebook's kernel would hold it, under the config's contract names,
+        for the probe; vae_tuned is `vae_at(tuned_beta)` (the best one by default)."""
+        contract = config.contract
+        beta, tuned = self.vae_at(tuned_beta)
+        roles = {**self.models, "vae_tuned": tuned}
+        names = {contract.model_names()[role]: model for role, model in roles.items()}
+        names.update({
+            contract.best_beta: beta,
+            contract.reconstruction_loss: models.reconstruction_loss,
+            contract.kl_divergence: models.kl_divergence,
+            contract.reparameterize: models.reparameterize,
+            contract.ae_history: self.histories["ae"],
+            contract.vae_histories: self.histories["vae"],
+        })
+        return names
+
+
+def _beta_name(beta: float) -> str:
+    return f"beta={float(beta)!r}"
+
+
+def _all_betas(config: AssignmentConfig) -> list[float]:
+    """Fixed betas then sweep betas, each once."""
+    betas: list[float] = []
+    for beta in [*config.reference.betas_fixed, *config.reference.beta_sweep]:
+        if float(beta) not in betas:
+            betas.append(float(beta))
+    return betas
+
+
+def _fixed_roles(config: AssignmentConfig) -> dict[str, float]:
+    fixed = config.reference.betas_fixed
+    if len(fixed) != len(FIXED_ROLES):
+        raise ConfigError(
+            f"{config.base_dir}: [reference] betas_fixed must list {len(FIXED_ROLES)} betas "
+            f"(for {', '.join(FIXED_ROLES)}), got {list(fixed)}"
+        )
+    return {role: float(beta) for role, beta in zip(FIXED_ROLES, fixed)}
+
+
+def select_betas(config: AssignmentConfig, fids: dict[float, float | None]) -> tuple[float, list[float]]:
+    """(best beta, good betas) of the sweep from its Fréchet distances; missing or NaN = worst."""
+    sweep = [float(b) for b in config.reference.beta_sweep]
+    score = {b: fids.get(b) if fids.get(b) is not None and math.isfinite(fids[b]) else math.inf for b in sweep}
+    best = min(sweep, key=lambda b: score[b])     # ties: the first listed
+    if not math.isfinite(score[best]):
+        return best, []
+    limit = config.reference.good_beta_fid_factor * score[best]
+    return best, sorted(b for b in sweep if score[b] <= limit)
+
+
+# --- evaluation ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Evaluation:
+    """Fixed inputs every model is measured on."""
+
+    test_x: torch.Tensor
+    test_stats: metrics.FeatureStats
+    prior_z: torch.Tensor
+    classifier: torch.nn.Module
+    device: torch.device
+    confidence: float                 # a sample counts as confident from this max probability
+
+
+def _accept_confidence(config: AssignmentConfig) -> float:
+    """The interpolation check's acceptance threshold, which measure.py also applies to samples."""
+    return next((c.accept_confidence for c in config.checks if c.kind == "interpolation"), 0.5)
+
+
+_TEST_STATS: dict[tuple[str, tuple[int, ...], float], metrics.FeatureStats] = {}
+
+
+def feature_stats_of_test_set(classifier: torch.nn.Module, test_x: torch.Tensor) -> metrics.FeatureStats:
+    """Classifier feature statistics of the test images: the Fréchet target, computed once per
+    classifier and image tensor in a process (classifying 10 000 images is most of a build's
+    evaluation time on the CPU)."""
+    from .classifier import classify
+
+    memo = (state_digest(classifier), tuple(test_x.shape), test_x.double().sum().item())
+    if memo not in _TEST_STATS:
+        _TEST_STATS[memo] = metrics.feature_stats(classify(classifier, test_x).features)
+    return _TEST_STATS[memo]
+
+
+def _in_batches(fn, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return torch.cat([fn(x[i : i + EVAL_BATCH].to(device)).cpu() for i in range(0, len(x), EVAL_BATCH)])
+
+
+@torch.no_grad()
+def _model_figures(model: AutoEncoder, ev: _Evaluation) -> ModelFigures:
+    """Test MSE (decoding the mean code), KL and ELBO, and the prior samples' quality.
+
+    As grader/measure.py does for students: reconstructions decode mu, and the ELBO's
+    reconstruction term is that decoding's sum of squared errors.
+    """
+    from .classifier import classify
+
+    model = model.to(ev.device).eval()
+    if isinstance(model, VAE):
+        codes = _in_batches(lambda x: torch.cat(model.encode(x), dim=1), ev.test_x, ev.device)
+        mu, log_sigma = codes.chunk(2, dim=1)
+    else:
+        mu, log_sigma = _in_batches(model.encode, ev.test_x, ev.device), None
+    recon = _in_batches(model.decode, mu, ev.device)
+    figures = ModelFigures(mse=metrics.mse_per_pixel(recon, ev.test_x))
+    if log_sigma is not None:
+        figures.kl = metrics.kl_to_standard_normal(mu, log_sigma).mean().item()
+        sq_err = metrics.mse_per_image(recon, ev.test_x) * ev.test_x[0].numel()
+        figures.elbo = -(sq_err.mean().item() + figures.kl)
+    samples = _in_batches(model.decode, ev.prior_z, ev.device)
+    model.cpu()
+    if not torch.isfinite(samples).all():
+        return _finite(figures)                         # a diverged model: no sample figures
+    judged = classify(ev.classifier, samples)
+    quality = metrics.sample_quality(judged.probs, confidence=ev.confidence)
+    figures.sample_confidence, figures.sample_coverage = quality.mean_confidence, quality.coverage
+    figures.sample_fid = metrics.frechet_distance_from_stats(metrics.feature_stats(judged.features), ev.test_stats)
+    return _finite(figures)
+
+
+def _finite(figures: ModelFigures) -> ModelFigures:
+    """NaN / inf (a diverged model) become None: "not measurable", and valid JSON."""
+    return ModelFigures(**{k: v if v is None or math.isfinite(v) else None for k, v in figures.model_dump().items()})
+
+
+# --- the cache ----------------------------------------------------------------------------------
+
+
+class _CorruptEntry(Exception):
+    pass
+
+
+def _load_entry(entry: Path, key: str, config: AssignmentConfig) -> ReferenceSet:
+    """The set stored in `entry`; _CorruptEntry says why it cannot be used."""
+    try:
+        meta = json.loads((entry / META_FILE).read_text())
+        raw = (entry / WEIGHTS_FILE).read_bytes()
+    except (OSError, ValueError) as exc:
+        raise _CorruptEntry(f"unreadable ({exc})") from exc
+    if meta.get("format") != REFERENCE_FORMAT or meta.get("key") != key:
+        raise _CorruptEntry("written for another key or format")
+    if _sha256_bytes(raw) != meta.get("weights_sha256"):
+        raise _CorruptEntry(f"{WEIGHTS_FILE} does not match its recorded sha256")
+    try:
+        states = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        nz = meta["params"]["NZ"]
+        loaded: dict[str, AutoEncoder] = {}
+        for name, info in meta["models"].items():
+            model = (AutoEncoder if info["beta"] is None else VAE)(nz)
+            model.load_state_dict(states[name])
+            loaded[name] = model.eval()
+        return _assemble(
+            config, key, meta, loaded, states["mean_image"], path=entry, cache_hit=True
+        )
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise _CorruptEntry(f"inconsistent contents ({type(exc).__name__}: {exc})") from exc
+
+
+def _figures_from_json(data: dict) -> ModelFigures:
+    return ModelFigures.model_validate(data)
+
+
+def _assemble(
+    config: AssignmentConfig,
+    key: str,
+    meta: dict,
+    by_name: dict[str, AutoEncoder],
+    mean_image: torch.Tensor,
+    path: Path | None,
+    cache_hit: bool,
+) -> ReferenceSet:
+    """A ReferenceSet from stored models (by "ae" / "beta=<b>") and metadata."""
+    figures_by_name = {name: _figures_from_json(f) for name, f in meta["figures"].items()}
+    sweep_betas = [float(b) for b in config.reference.beta_sweep]
+    fids = {b: figures_by_name[_beta_name(b)].sample_fid for b in sweep_betas}
+    best, good = select_betas(config, fids)
+    betas: dict[str, float | None] = {"ae": None, **_fixed_roles(config), "vae_tuned": best}
+    role_models = {role: by_name["ae" if beta is None else _beta_name(beta)] for role, beta in betas.items()}
+    role_figures = {role: figures_by_name["ae" if beta is None else _beta_name(beta)] for role, beta in betas.items()}
+    for model in by_name.values():
+        model.requires_grad_(False)
+    return ReferenceSet(
+        params=dict(meta["params"]),
+        key=key,
+        device=meta["device"],
+        models=role_models,
+        sweep={b: by_name[_beta_name(b)] for b in sweep_betas},
+        best_beta=best,
+        good_betas=good,
+        histories={
+            "ae": meta["histories"]["ae"],
+            "vae": {float(b): h for b, h in meta["histories"]["vae"].items()},
+        },
+        figures=role_figures,
+        sweep_figures={b: figures_by_name[_beta_name(b)] for b in sweep_betas},
+        mean_image=mean_image,
+        mean_image_mse=float(meta["mean_image_mse"]),
+        betas=betas,
+        train_seconds=dict(meta.get("train_seconds", {})),
+        path=path,
+        cache_hit=cache_hit,
+    )
+
+
+def _save_entry(entry: Path, meta: dict, states: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Write the entry into a temp folder beside it, then rename: readers see all of it or none."""
+    buffer = io.BytesIO()
+    torch.save(states, buffer)
+    raw = buffer.getvalue()
+    meta = {**meta, "weights_sha256": _sha256_bytes(raw)}
+    tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name[:16]}-", suffix=".tmp"))
+    try:
+        (tmp / WEIGHTS_FILE).write_bytes(raw)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
+        os.replace(tmp, entry)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# --- building -----------------------------------------------------------------------------------
+
+
+def _train_and_measure(
+    config: AssignmentConfig,
+    params: dict[str, ParamValue],
+    key: str,
+    device: torch.device,
+    classifier: torch.nn.Module,
+    data_dir: Path | None,
+    log: Log,
+) -> tuple[dict, dict[str, dict[str, torch.Tensor]], dict[str, AutoEncoder]]:
+    from .data import load_mnist
+
+    settings = reference_params(params)
+    train_x, _ = load_mnist(train=True, data_dir=data_dir)
+    test_x, _ = load_mnist(train=False, data_dir=data_dir)
+    train_x = training_subset(train_x, params["TRAIN_SUBSET"])
+    runs: list[tuple[str, float | None]] = [("ae", None)] + [(_beta_name(b), b) for b in _all_betas(config)]
+    log(
+        f"reference: training {len(runs)} models on {len(train_x)} images, {settings.epochs} epochs, "
+        f"on {device.type}"
+    )
+    trained: dict[str, TrainedModel] = {}
+    seconds: dict[str, float] = {}
+    for name, beta in runs:
+        started = time.perf_counter()
+        trained[name] = train_model(train_x, settings, beta, device)
+        seconds[name] = time.perf_counter() - started
+        last = trained[name].history[-1] if trained[name].history else {}
+        log(f"reference: {name}: {seconds[name]:.1f} s, last epoch rec {last.get('rec', float('nan')):.2f} "
+            f"kl {last.get('kl', float('nan')):.2f}")
+
+    started = time.perf_counter()
+    classifier = classifier.to(device).eval()
+    generator = torch.Generator().manual_seed(config.probe.seed)
+    ev = _Evaluation(
+        test_x=test_x,
+        test_stats=feature_stats_of_test_set(classifier, test_x),
+        prior_z=torch.randn(prior_sample_count(config), settings.nz, generator=generator),
+        classifier=classifier,
+        device=device,
+        confidence=_accept_confidence(config),
+    )
+    figures = {name: _model_figures(t.model, ev) for name, t in trained.items()}
+    mean_image = train_x.mean(dim=0)
+    mean_image_mse = metrics.mse_per_pixel(mean_image.expand_as(test_x), test_x)
+    log(f"reference: measured in {time.perf_counter() - started:.1f} s")
+
+    meta = {
+        "format": REFERENCE_FORMAT,
+        "key": key,
+        "params": training_params(params),
+        "device": device.type,
+        "torch": torch.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "betas_fixed": [float(b) for b in config.reference.betas_fixed],
+        "beta_sweep": [float(b) for b in config.reference.beta_sweep],
+        "models": {name: {"beta": t.beta} for name, t in trained.items()},
+        "histories": {
+            "ae": trained["ae"].history,
+            "vae": {repr(t.beta): t.history for t in trained.values() if t.beta is not None},
+        },
+        "figures": {name: f.model_dump() for name, f in figures.items()},
+        "mean_image_mse": mean_image_mse,
+        "train_seconds": seconds,
+    }
+    states = {name: {k: v.detach().cpu() for k, v in t.model.state_dict().items()} for name, t in trained.items()}
+    states["mean_image"] = mean_image.clone()
+    return meta, states, {name: t.model for name, t in trained.items()}
+
+
+def build_reference(
+    config: AssignmentConfig,
+    params: dict[str, ParamValue],
+    device: torch.device | str | None = None,
+    cache_dir: Path | str | None = None,
+    log: Log = print,
+    *,
+    data_dir: Path | None = None,
+    classifier: torch.nn.Module | None = None,
+) -> ReferenceSet:
+    """The reference set for `params`, from the cache or trained (and cached) now.
+
+    device: None picks CUDA when available, else the CPU. cache_dir: the folder of entries,
+    default <grader cache>/reference; each entry is <cache_dir>/<key>/. classifier: the judge of
+    samples, default the configured (hash-checked) one. A corrupt entry is retrained.
+    """
+    device = pick_device(str(device) if device is not None else None)
+    digest = state_digest(classifier) if classifier is not None else None
+    key = reference_cache_key(config, params, device, digest)
+    root = Path(cache_dir) if cache_dir is not None else paths.cache_dir() / "reference"
+    entry = root / key
+
+    def cached(report: bool) -> ReferenceSet | None:
+        if not entry.exists():
+            return None
+        try:
+            return _load_entry(entry, key, config)
+        except _CorruptEntry as exc:
+            if report:
+                log(f"reference: cache entry {entry} is corrupt: {exc}; retraining it")
+            return None
+
+    found = cached(report=False)
+    if found is not None:
+        return found
+    root.mkdir(parents=True, exist_ok=True)
+    with filelock.FileLock(root / f"{key}.lock"):
+        found = cached(report=True)  # another worker may have finished it while we waited
+        if found is not None:
+            return found
+        shutil.rmtree(entry, ignore_errors=True)
+        if classifier is None:
+            from .classifier import load_configured_classifier
+
+            classifier = load_configured_classifier(config)
+        meta, states, by_name = _train_and_measure(config, params, key, device, classifier, data_dir, log)
+        _save_entry(entry, meta, states)
+        log(f"reference: saved {entry}")
+        for model in by_name.values():
+            model.eval()
+        return _assemble(config, key, meta, by_name, states["mean_image"], path=entry, cache_hit=False)
+
+
+# --- presentation -------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None or not math.isfinite(value) else format(value, spec)
+
+
+def format_reference_table(ref: ReferenceSet) -> str:
+    """Plain-text table of each reference model's test and sample-quality figures."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    p = ref.params
+    subset = "all" if p["TRAIN_SUBSET"] is None else p["TRAIN_SUBSET"]
+    title = (
+        f"Reference models: NZ={p['NZ']} EPOCHS={p['EPOCHS']} BATCH_SIZE={p['BATCH_SIZE']} LR={p['LR']:g} "
+        f"SEED={p['SEED']} TRAIN_SUBSET={subset} ({ref.device}, {'cached' if ref.cache_hit else 'trained'})"
+    )
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    for column in ("model", "beta", "MSE/pixel", "KL", "ELBO", "sample conf", "coverage", "FID", "note", "train s"):
+        table.add_column(column, justify="left" if column in ("model", "note") else "right")
+
+    def row(label: str, name: str, beta: float | None, figures: ModelFigures, note: str = "") -> None:
+        table.add_row(
+            label,
+            "-" if beta is None else f"{beta:g}",
+            _fmt(figures.mse, ".4f"),
+            _fmt(figures.kl, ".2f"),
+            _fmt(figures.elbo, ".2f"),
+            _fmt(figures.sample_confidence, ".3f"),
+            _fmt(figures.sample_coverage, ".1f"),
+            _fmt(figures.sample_fid, ".2f"),
+            note,
+            _fmt(ref.train_seconds.get(name), ".1f"),
+        )
+
+    row("ae", "ae", None, ref.figures["ae"])
+    for role in FIXED_ROLES:
+        row(role, _beta_name(ref.betas[role]), ref.betas[role], ref.figures[role])
+    for beta, figures in ref.sweep_figures.items():
+        note = "best: vae_tuned" if beta == ref.best_beta else ("good" if beta in ref.good_betas else "")
+        row("sweep", _beta_name(beta), beta, figures, note)
+    table.add_row("mean image", "-", _fmt(ref.mean_image_mse, ".4f"), *["-"] * 5, "floor", "")
+    console = Console(file=io.StringIO(), width=120, color_system=None, force_terminal=False)
+    console.print(table)
+    total = sum(ref.train_seconds.values())
+    footer = f"best beta {ref.best_beta:g}; good betas {', '.join(f'{b:g}' for b in ref.good_betas) or 'none'}"
+    footer += f"; training {total:.0f} s; key {ref.key[:12]}"
+    return console.file.getvalue().rstrip() + "\n" + footer + "\n"
