@@ -1,0 +1,596 @@
+"""PDF feedback: one report per submission and a class summary, from the result records alone.
+
+A report is HTML from a Jinja2 template (templates/), printed to PDF by WeasyPrint. Everything is
+rebuilt from SubmissionResult and the PNGs next to result.json, so `rerender` can remake every
+PDF after a template change without running a notebook again.
+
+Safety: the student's text is the only untrusted input. It is rendered as escaped text or as
+whitelisted HTML (grader.mathtext), and WeasyPrint gets a URL fetcher that serves `data:` URLs
+only, so no markup can make the renderer read a grader-side file (`<link rel="attachment"
+href="file:///...">` would otherwise embed that file in the PDF).
+
+Reproducibility: figures are embedded as data: URIs, dates come from the record (graded_at),
+never from the clock, and WeasyPrint writes no creation date: the same record gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import statistics
+from datetime import datetime
+from pathlib import Path
+from typing import Iterable
+
+import jinja2
+from markupsafe import Markup
+from pydantic import ValidationError
+from weasyprint import HTML, URLFetcher
+
+from . import __version__, atomic
+from .config import AssignmentConfig, load_config
+from .errors import GraderError
+from .figures import score_histogram_png
+from .mathtext import markdown_to_html
+from .paths import TEMPLATES_DIR
+from .records import CellRun, CheckResult, ModelFigures, SubmissionResult
+
+REPORT_TEMPLATE = "report.html.j2"
+SUMMARY_TEMPLATE = "summary.html.j2"
+STYLESHEET = "report.css"
+REPORT_PDF = "report.pdf"
+RESULT_JSON = "result.json"
+SUMMARY_PDF = "summary.pdf"
+SUMMARY_JSON = "summary.json"
+SUMMARY_HISTOGRAM = "summary_scores.png"
+
+# Caps: a notebook that prints megabytes must not make the PDF huge or the renderer crawl.
+MAX_ANSWER_CHARS = 12_000
+MAX_TRACEBACK_CHARS = 6_000
+MAX_ERRORS = 20
+MAX_ERROR_CHARS = 1_500
+MAX_CELLS = 300
+MAX_SOURCE_HEAD_CHARS = 100
+MAX_FIGURE_BYTES = 8_000_000
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+# A check that scored nothing because a name or a part was missing, as grader.score words it.
+MISSING_PART = re.compile(r"could not be measured|not found|missing|not defined", re.IGNORECASE)
+FAILED_CELL = {"error", "timeout", "crashed"}
+
+STATUS_TEXT = {
+    "graded": "Your notebook ran to the end and was graded.",
+    "error": "Your notebook stopped with an error, so the parts after it could not be measured.",
+    "timeout": "Your notebook ran out of time, so the parts after that point could not be measured.",
+    "crashed": "The notebook's kernel died (often: out of memory), so the parts after that point "
+               "could not be measured.",
+    "invalid": "The submission could not be run: it is not a notebook the grader can read.",
+}
+STATUS_LABEL = {"graded": "graded", "error": "stopped with an error", "timeout": "timed out",
+                "crashed": "kernel crashed", "invalid": "not gradable"}
+
+# The contract's model roles (grader.config.Contract), as a student reads them.
+ROLE_LABELS = {"ae": "Autoencoder", "vae_beta0": "VAE, β = 0", "vae_beta10": "VAE, β = 10",
+               "vae_tuned": "Tuned VAE"}
+# ModelFigures fields: label and which way is better.
+QUANTITIES = [
+    ("mse", "Reconstruction error (MSE per pixel)", "lower is better"),
+    ("kl", "KL divergence (nats per image)", ""),
+    ("elbo", "ELBO per image", "higher is better"),
+    ("sample_confidence", "Classifier confidence on samples", "higher is better"),
+    ("sample_coverage", "Digit classes among confident samples", "higher is better"),
+    ("sample_fid", "Fréchet distance of samples to test digits", "lower is better"),
+    ("interp_accept", "Interpolation images recognised as digits", "higher is better"),
+    ("interp_smoothness", "Interpolation: largest step / path length", "lower is smoother"),
+]
+FIGURE_KINDS = {
+    "reconstructions": "Test digits (top row), then your model's reconstructions and the reference's.",
+    "samples": "Decoded from z ~ N(0, I); each captioned with the digit the classifier sees and its "
+               "confidence.",
+    "interpolation": "Decoded points on straight lines between two test digits in latent space, your "
+                     "model's paths above the reference's.",
+    "training_curves": "As recorded in your ae_history and vae_histories.",
+}
+
+
+class ReportError(GraderError):
+    """A result.json could not be read, or a report could not be written."""
+
+
+class DataOnlyFetcher(URLFetcher):
+    """WeasyPrint URL fetcher that serves `data:` URLs and refuses everything else.
+
+    Refused URLs are kept in `refused`; WeasyPrint logs a warning and leaves the resource out.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(allowed_protocols=["data"])
+        self.refused: list[str] = []
+
+    def fetch(self, url, headers=None):
+        scheme = url.split(":", 1)[0].strip().lower() if ":" in url else ""
+        if scheme != "data":
+            self.refused.append(url)
+            raise ValueError(f"the report renderer fetches data: URLs only, not {url[:80]!r}")
+        return super().fetch(url, headers)
+
+
+# --- formatting helpers (also Jinja2 filters) -------------------------------------------------
+
+
+def fmt_number(value: float | int | None, digits: int = 4) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if not math.isfinite(value):
+        return str(value)
+    if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+        return f"{value:.2e}"
+    return f"{value:.{digits}g}"
+
+
+def fmt_points(value: float) -> str:
+    return f"{round(value, 2):g}"
+
+
+def fmt_seconds(value: float) -> str:
+    if value >= 90:
+        return f"{value / 60:.1f} min"
+    return f"{value:.1f} s"
+
+
+def fmt_date(value: str) -> str:
+    """graded_at for people: '2026-11-25 14:16 UTC'; anything unparsable as it is."""
+    if not value:
+        return "unknown"
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    zone = moment.tzname() or ""
+    return f"{moment:%Y-%m-%d %H:%M} {zone}".strip()
+
+
+def fmt_value(value: object) -> str:
+    if value is None:
+        return "None"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def strip_ansi(text: str) -> str:
+    return ANSI_ESCAPE.sub("", text)
+
+
+def cap_text(text: str, limit: int, keep: str = "head") -> tuple[str, int]:
+    """text cut to about limit characters; keep="tail" keeps the end (where a traceback says why).
+
+    Returns (text, number of characters left out).
+    """
+    if len(text) <= limit:
+        return text, 0
+    dropped = len(text) - limit
+    if keep == "tail":
+        return text[-limit:], dropped
+    return text[:limit], dropped
+
+
+# --- the report's sections ---------------------------------------------------------------------
+
+
+def _size_parameters(config: AssignmentConfig) -> set[str]:
+    """Parameters that set how much training a run does: the ones the presets shrink."""
+    return {name for preset in config.parameters.presets.values() for name in preset}
+
+
+def _is_reduced(value: object, default: object) -> bool:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    if default is None:
+        return True  # a nullable size parameter: None means "all of it" (TRAIN_SUBSET)
+    return isinstance(default, (int, float)) and value < default
+
+
+def parameter_rows(result: SubmissionResult, config: AssignmentConfig) -> list[dict]:
+    """One row per parameter the run used: its value, the assignment's default, what changed."""
+    defaults = config.parameters.defaults()
+    size = _size_parameters(config)
+    rows = []
+    for name, value in result.parameters.items():
+        known = name in defaults
+        default = defaults.get(name)
+        rows.append({
+            "name": name,
+            "value": fmt_value(value),
+            "default": fmt_value(default) if known else "(not in the assignment)",
+            "changed": not known or value != default,
+            "overridden": name in result.overrides,
+            "reduced": known and name in size and _is_reduced(value, default),
+        })
+    return rows
+
+
+def _check_points_class(check: CheckResult) -> str:
+    if not check.assessable:
+        return "na"
+    if check.points >= check.max_points - 1e-9:
+        return "full"
+    return "partial" if check.points > 0 else "zero"
+
+
+def check_row(check: CheckResult) -> dict:
+    return {"id": check.id, "title": check.title, "points": fmt_points(check.points),
+            "max": fmt_points(check.max_points), "message": check.message, "band": check.band,
+            "assessable": check.assessable, "kind": _check_points_class(check)}
+
+
+def _role_checks(config: AssignmentConfig) -> dict[str, list[str]]:
+    """Model role -> ids of the checks that measure it (from each check's model/models field)."""
+    roles: dict[str, list[str]] = {}
+    for check in config.checks:
+        for role in [getattr(check, "model", None), *getattr(check, "models", [])]:
+            if role:
+                roles.setdefault(role, []).append(check.id)
+    return roles
+
+
+def metric_sections(result: SubmissionResult, config: AssignmentConfig) -> list[dict]:
+    """Per model: student vs reference for every measured quantity, and the checks it feeds."""
+    metrics = result.metrics
+    contract = config.contract.model_names()
+    roles = list(contract) + sorted((set(metrics.student) | set(metrics.reference)) - set(contract))
+    checks = {c.id: c for c in result.checks}
+    role_checks = _role_checks(config)
+    sections = []
+    for role in roles:
+        student = metrics.student.get(role) or ModelFigures()
+        reference = metrics.reference.get(role) or ModelFigures()
+        rows = [
+            {"label": label, "hint": hint, "student": fmt_number(getattr(student, field)),
+             "reference": fmt_number(getattr(reference, field))}
+            for field, label, hint in QUANTITIES
+            if getattr(student, field) is not None or getattr(reference, field) is not None
+        ]
+        related = [checks[i] for i in role_checks.get(role, []) if i in checks]
+        if not rows and not related:
+            continue
+        sections.append({
+            "role": role,
+            "label": ROLE_LABELS.get(role, role),
+            "variable": contract.get(role, role),
+            "measured": role in metrics.student,
+            "rows": rows,
+            "checks": [check_row(c) for c in related],
+        })
+    return sections
+
+
+def unit_rows(values: dict[str, float | None]) -> list[dict]:
+    return [{"name": name.replace("_", " "), "value": fmt_number(value)} for name, value in values.items()]
+
+
+SIDES = {"student": "your model", "reference": "reference"}
+
+
+def _figure_caption(name: str, config: AssignmentConfig) -> str:
+    """'samples_vae_tuned_student' -> 'Samples — Tuned VAE, your model. <what the figure shows>'."""
+    kind, qualifiers = name, []
+    for side, words in SIDES.items():
+        if kind.endswith("_" + side):
+            kind, qualifiers = kind[: -len(side) - 1], [words]
+            break
+    for role in sorted(config.contract.model_names(), key=len, reverse=True):
+        if kind.endswith("_" + role):
+            kind, qualifiers = kind[: -len(role) - 1], [ROLE_LABELS.get(role, role), *qualifiers]
+            break
+    title = kind.replace("_", " ").strip().capitalize() or name
+    if qualifiers:
+        title += " — " + ", ".join(qualifiers)
+    explanation = next((text for prefix, text in FIGURE_KINDS.items() if kind.startswith(prefix)), "")
+    return f"{title}. {explanation}".strip()
+
+
+def png_data_uri(path: Path) -> str | None:
+    """The PNG at path as a data: URI, or None if it is missing, too big or not a PNG."""
+    try:
+        if path.stat().st_size > MAX_FIGURE_BYTES:
+            return None
+        data = path.read_bytes()
+    except OSError:
+        return None
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return None
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def figure_items(result: SubmissionResult, out_dir: Path, config: AssignmentConfig) -> list[dict]:
+    """Figures named in the record that exist next to it; a missing one is left out."""
+    items = []
+    for name, file_name in result.figures.items():
+        if Path(file_name).name != file_name:  # only files in out_dir itself, no paths
+            continue
+        uri = png_data_uri(out_dir / file_name)
+        if uri:
+            items.append({"name": name, "caption": _figure_caption(name, config), "uri": uri})
+    return items
+
+
+def answer_items(result: SubmissionResult, config: AssignmentConfig) -> list[dict]:
+    parts = {q.id: q.part for q in config.questions}
+    items = []
+    for answer in result.answers:
+        text, dropped = cap_text(answer.text, MAX_ANSWER_CHARS)
+        items.append({
+            "id": answer.id,
+            "part": parts.get(answer.id, ""),
+            "found": answer.found,
+            "html": markdown_to_html(text) if answer.found and text.strip() else Markup(""),
+            "dropped": dropped,
+            "words": answer.words,
+            "limit": answer.limit,
+            "over_limit": answer.over_limit,
+            "over_by": max(answer.words - answer.limit, 0),
+            "max_points": fmt_points(answer.max_points),
+            "note": answer.note,
+        })
+    return items
+
+
+def _cell_item(cell: CellRun) -> dict:
+    traceback, dropped = cap_text(strip_ansi(cell.traceback or ""), MAX_TRACEBACK_CHARS, keep="tail")
+    head, _ = cap_text(cell.source_head.strip(), MAX_SOURCE_HEAD_CHARS)
+    return {
+        "index": cell.index,
+        "status": cell.status,
+        "seconds": fmt_seconds(cell.seconds),
+        "source_head": head,
+        "error": strip_ansi(cell.error or ""),
+        "traceback": traceback,
+        "traceback_dropped": dropped,
+    }
+
+
+def failure_section(result: SubmissionResult) -> dict | None:
+    """What went wrong, where, and which checks it cost; None for a graded run."""
+    if result.status == "graded":
+        return None
+    errors = [cap_text(strip_ansi(e), MAX_ERROR_CHARS)[0] for e in result.errors[:MAX_ERRORS]]
+    return {
+        "status": result.status,
+        "headline": STATUS_TEXT[result.status],
+        "errors": errors,
+        "errors_left_out": max(len(result.errors) - MAX_ERRORS, 0),
+        "cells": [_cell_item(c) for c in result.cells if c.status in FAILED_CELL],
+        "lost_checks": [c for c in result.checks
+                        if c.assessable and c.points == 0 and MISSING_PART.search(c.message)],
+    }
+
+
+def staff_notes(result: SubmissionResult) -> list[str]:
+    """Sandbox warnings, and problems of a run that was still graded (a failed run shows them above)."""
+    notes = [f"Sandbox: {w}" for w in result.sandbox_warnings]
+    if result.status == "graded":
+        notes += [cap_text(strip_ansi(e), MAX_ERROR_CHARS)[0] for e in result.errors[:MAX_ERRORS]]
+    return notes
+
+
+def cell_rows(result: SubmissionResult) -> list[dict]:
+    return [_cell_item(c) for c in result.cells[:MAX_CELLS]]
+
+
+# --- HTML and PDF --------------------------------------------------------------------------------
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(num=fmt_number, pts=fmt_points, seconds=fmt_seconds, date=fmt_date)
+    return env
+
+
+def _stylesheet() -> Markup:
+    return Markup((TEMPLATES_DIR / STYLESHEET).read_text(encoding="utf-8"))
+
+
+def build_report_html(
+    result: SubmissionResult, out_dir: Path | None = None, config: AssignmentConfig | None = None
+) -> str:
+    """The report as one self-contained HTML string (figures from out_dir as data: URIs)."""
+    config = config or load_config()
+    parameters = parameter_rows(result, config)
+    context = {
+        "css": _stylesheet(),
+        "assignment": config.assignment.name,
+        "r": result,
+        "status_label": STATUS_LABEL[result.status],
+        "status_text": STATUS_TEXT[result.status],
+        "parameters": parameters,
+        "reduced": [p for p in parameters if p["reduced"]],
+        "checks": [check_row(c) for c in result.checks],
+        "answer_points_total": fmt_points(config.max_answer_points),
+        "auto_points_total": fmt_points(config.max_auto_points),
+        "metric_sections": metric_sections(result, config),
+        "mean_image_mse": result.metrics.mean_image_mse,
+        "kl_unit": unit_rows(result.metrics.kl_unit),
+        "reparam_unit": unit_rows(result.metrics.reparam_unit),
+        "figures": figure_items(result, Path(out_dir), config) if out_dir else [],
+        "answers": answer_items(result, config),
+        "failure": failure_section(result),
+        "cells": cell_rows(result),
+        "staff_notes": staff_notes(result),
+        "cells_left_out": max(len(result.cells) - MAX_CELLS, 0),
+    }
+    return _environment().get_template(REPORT_TEMPLATE).render(context)
+
+
+def html_to_pdf(html: str, path: Path) -> Path:
+    """Print HTML to a PDF file atomically; only data: URLs are ever fetched."""
+    pdf = HTML(string=html, base_url=None, url_fetcher=DataOnlyFetcher()).write_pdf()
+    try:
+        atomic.write_bytes(Path(path), pdf)
+        return Path(path)
+    except OSError as exc:
+        raise ReportError(f"{path}: cannot write the PDF ({exc.strerror})") from exc
+
+
+def render_report(result: SubmissionResult, out_dir: Path, config: AssignmentConfig | None = None) -> Path:
+    """Write out_dir/report.pdf for one submission; figures are read from out_dir."""
+    out_dir = Path(out_dir)
+    return html_to_pdf(build_report_html(result, out_dir, config), out_dir / REPORT_PDF)
+
+
+# --- the class summary -------------------------------------------------------------------------
+
+
+def _mean(values: Iterable[float]) -> float | None:
+    values = list(values)
+    return round(statistics.fmean(values), 3) if values else None
+
+
+def build_summary(results: list[SubmissionResult], config: AssignmentConfig) -> dict:
+    """The numbers of summary.json: statuses, score spread, per-check and per-question counts."""
+    results = sorted(results, key=lambda r: r.submission)
+    statuses = {status: 0 for status in STATUS_TEXT}
+    for result in results:
+        statuses[result.status] += 1
+    scores = [r.score for r in results]
+
+    check_ids = [c.id for c in config.checks]
+    check_ids += sorted({c.id for r in results for c in r.checks} - set(check_ids))
+    titles = {c.id: c.title for c in config.checks}
+    checks = []
+    for check_id in check_ids:
+        found = [c for r in results for c in r.checks if c.id == check_id]
+        assessed = [c for c in found if c.assessable]
+        checks.append({
+            "id": check_id,
+            "title": titles.get(check_id) or (found[0].title if found else check_id),
+            "max_points": found[0].max_points if found else
+            next(c.points for c in config.checks if c.id == check_id),
+            "mean_points": _mean(c.points for c in assessed),
+            "lost_points": sum(1 for c in assessed if c.points < c.max_points - 1e-9),
+            "not_assessable": len(found) - len(assessed),
+            "not_scored": len(results) - len(found),
+        })
+
+    questions = []
+    for question in config.questions:
+        answers = [a for r in results for a in r.answers if a.id == question.id]
+        found = [a for a in answers if a.found]
+        questions.append({
+            "id": question.id,
+            "part": question.part,
+            "found": len(found),
+            "missing": len(results) - len(found),
+            "over_limit": sum(1 for a in found if a.over_limit),
+        })
+
+    size = _size_parameters(config)
+    defaults = config.parameters.defaults()
+    reduced = [r.submission for r in results
+               if any(n in size and _is_reduced(v, defaults.get(n)) for n, v in r.parameters.items())]
+    return {
+        "assignment": config.assignment.name,
+        "submissions": len(results),
+        "statuses": statuses,
+        "max_score": config.max_auto_points,
+        "answer_points_pending": config.max_answer_points,
+        "score": {
+            "mean": _mean(scores),
+            "median": round(statistics.median(scores), 3) if scores else None,
+            "min": min(scores) if scores else None,
+            "max": max(scores) if scores else None,
+        },
+        "checks": checks,
+        "questions": questions,
+        "reduced_parameters": reduced,
+        "list": [
+            {"submission": r.submission, "status": r.status, "score": r.score, "max_score": r.max_score,
+             "answer_points_pending": r.answer_points_pending, "answers_found":
+             sum(1 for a in r.answers if a.found), "first_error": r.errors[0][:200] if r.errors else ""}
+            for r in results
+        ],
+    }
+
+
+def build_summary_html(summary: dict, histogram: Path | None, graded_at: str) -> str:
+    context = {
+        "css": _stylesheet(),
+        "s": summary,
+        "histogram": png_data_uri(histogram) if histogram else None,
+        "graded_at": graded_at,
+        "grader_version": __version__,
+        "status_label": STATUS_LABEL,
+    }
+    return _environment().get_template(SUMMARY_TEMPLATE).render(context)
+
+
+def render_summary(
+    results: list[SubmissionResult], out_dir: Path, config: AssignmentConfig | None = None
+) -> tuple[Path, Path]:
+    """Write out_dir/summary.pdf and out_dir/summary.json for the whole class."""
+    config = config or load_config()
+    out_dir = Path(out_dir)
+    summary = build_summary(results, config)
+    histogram = None
+    if results:
+        histogram = score_histogram_png(out_dir / SUMMARY_HISTOGRAM, [r.score for r in results],
+                                        config.max_auto_points)
+    # The latest grading time, not the clock: rerendering gives the same bytes.
+    graded_at = max((r.graded_at for r in results if r.graded_at), default="")
+    pdf = html_to_pdf(build_summary_html(summary, histogram, graded_at), out_dir / SUMMARY_PDF)
+    text = json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
+    atomic.write_text(out_dir / SUMMARY_JSON, text)
+    return pdf, out_dir / SUMMARY_JSON
+
+
+def load_result(path: Path) -> SubmissionResult:
+    try:
+        return SubmissionResult.model_validate_json(Path(path).read_bytes())
+    except OSError as exc:
+        raise ReportError(f"{path}: cannot read the result ({exc.strerror})") from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise ReportError(f"{path}: not a valid result record: {where}: {first['msg']}") from exc
+
+
+def rerender(out_dir: Path, config: AssignmentConfig | None = None) -> list[Path]:
+    """Rebuild OUT/<id>/report.pdf from each OUT/<id>/result.json, then the class summary.
+
+    A result.json that cannot be read is skipped and named in the ReportError raised at the
+    end, after every readable one has been rendered.
+    """
+    config = config or load_config()
+    out_dir = Path(out_dir)
+    result_files = sorted(out_dir.glob(f"*/{RESULT_JSON}"))
+    if not result_files:
+        raise ReportError(f"{out_dir}: no */{RESULT_JSON} to render")
+    results, written, problems = [], [], []
+    for result_file in result_files:
+        try:
+            result = load_result(result_file)
+        except ReportError as exc:
+            problems.append(str(exc))
+            continue
+        written.append(render_report(result, result_file.parent, config))
+        results.append(result)
+    written.extend(render_summary(results, out_dir, config))
+    if problems:
+        raise ReportError("some results could not be rendered:\n  " + "\n  ".join(problems))
+    return written
+
+
+__all__ = [
+    "DataOnlyFetcher", "ReportError", "build_report_html", "build_summary",
+    "html_to_pdf", "render_report", "render_summary", "rerender",
+]

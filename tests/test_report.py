@@ -1,0 +1,393 @@
+"""PDF reports: contents per status, maths, reproducible bytes, no grader-side file in a PDF."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import weasyprint
+from pypdf import PdfReader
+
+from grader import figures
+from grader.config import load_config
+from grader.mathtext import markdown_to_html, tex_to_svg
+from grader.records import Answer, CellRun, Metrics, ModelFigures, SubmissionResult
+from grader.report import (
+    DataOnlyFetcher,
+    ReportError,
+    build_report_html,
+    html_to_pdf,
+    render_report,
+    render_summary,
+    rerender,
+)
+from grader.score import Measurement, score_checks, totals
+
+CONFIG = load_config()
+GRADED_AT = "2026-11-25T14:16:00+00:00"
+RED_TRACEBACK = (
+    "\x1b[0;31m---------------------------------------------------------------------------\x1b[0m\n"
+    "\x1b[0;31mNameError\x1b[0m                                 Traceback (most recent call last)\n"
+    "Cell \x1b[0;32mIn[14], line 3\x1b[0m\n"
+    "\x1b[0;32m----> 3\x1b[0m vae_tuned \x1b[38;5;241m=\x1b[39m train_vae(best_bta)\n"
+    "\x1b[0;31mNameError\x1b[0m: name 'best_bta' is not defined"
+)
+
+# The seed student's answers (/work/shared/seeds), each with a phrase the PDF must show.
+ANSWERS = {
+    "Q1": ("An interesting fact is when I increased the number of epoch, the images become more and "
+           "more similar and hard to recognize. I guess it's due to the limitation of prior "
+           "distribution, overfitting and the points distribute are more closed.",
+           "limitation of prior distribution"),
+    "Q2": (r"When $\beta=0$, though the reconstruction loss gets really small very quickly, KL loss "
+           r"quickly increases. The sampling result is unrecognizable because KL is unconstrained "
+           r"and $q(z|x)$ drifts away from $\mathcal{N}(0, I)$.",
+           "KL loss quickly increases"),
+    "Q3": ("Once we make beta large, both our reconstruction loss and kl loss decrease very quickly. "
+           + "Our sampling result is much better, we can recognize most of them. " * 20,
+           "sampling result is much better"),
+    "Q5": ("- 1. Some digits in AE feel like they are seperated by some cuts and some digits in VAE "
+           "are kind of blurred.\n- Since VAE has KL divergence loss, it has better proximate "
+           "distribution.",
+           "seperated by some cuts"),
+}
+
+
+def reference_figures() -> dict[str, ModelFigures]:
+    return {
+        "ae": ModelFigures(mse=0.0151, sample_fid=41.0, sample_confidence=0.62, sample_coverage=0.8,
+                           interp_accept=0.52, interp_smoothness=0.31),
+        "vae_beta0": ModelFigures(mse=0.0162, kl=251.0, elbo=-263.0),
+        "vae_beta10": ModelFigures(mse=0.0851, kl=0.012, elbo=-66.7),
+        "vae_tuned": ModelFigures(mse=0.0302, kl=25.3, elbo=-49.0, sample_fid=9.7, sample_confidence=0.91,
+                                  sample_coverage=1.0, interp_accept=0.83, interp_smoothness=0.21),
+    }
+
+
+def make_metrics(student: dict[str, ModelFigures]) -> Metrics:
+    return Metrics(
+        student=student, reference=reference_figures(), mean_image_mse=0.0671,
+        kl_unit={"max_rel_error": 2e-7, "student_mean": 30.1, "analytic_mean": 30.1},
+        reparam_unit={"mean_error": 0.012, "std_error": 0.4, "no_noise": 0.0, "draws": 4096.0},
+        reference_good_betas=[1.0, 2.0, 4.0], reference_best_beta=2.0,
+    )
+
+
+def make_answers() -> list[Answer]:
+    answers = []
+    for question in CONFIG.questions:
+        if question.id in ANSWERS:
+            text = ANSWERS[question.id][0]
+            words = len(text.split())
+            answers.append(Answer(id=question.id, found=True, text=text, words=words, limit=question.limit,
+                                  max_points=question.points, over_limit=words > question.limit))
+        else:
+            answers.append(Answer(id=question.id, found=False, limit=question.limit, max_points=question.points,
+                                  note="the question was found but no 'Answer:' label followed it"))
+    return answers
+
+
+def write_figures(out: Path) -> dict[str, str]:
+    """Small real PNGs from random arrays, as the grade stage writes them next to result.json."""
+    rng = np.random.default_rng(0)
+    images = rng.random((4, 28, 28))
+    names = {
+        "reconstructions_ae": figures.reconstructions_png(out / "recon_ae.png", images, images * 0.5, images ** 2),
+        "samples_vae_tuned_student": figures.samples_png(out / "samples_vae_tuned_student.png", images,
+                                                         [1, 7, 3, 9], [0.9, 0.55, 0.71, 0.99]),
+        "interpolation_vae_tuned": figures.interpolation_png(out / "interp_vae_tuned.png",
+                                                             rng.random((1, 5, 28, 28)), rng.random((1, 5, 28, 28))),
+        "training_curves": figures.training_curves_png(out / "training_curves.png", {
+            "ae": [{"epoch": e, "rec": 30.0 - e} for e in range(3)],
+            "vae": {"0.0": [{"epoch": e, "rec": 28.0 - e, "kl": 90.0 + e} for e in range(3)]}}),
+    }
+    return {name: path.name for name, path in names.items()}
+
+
+def graded_result(out: Path, **changes) -> SubmissionResult:
+    student = reference_figures()
+    student["vae_tuned"] = student["vae_tuned"].model_copy(update={"mse": 0.041, "sample_fid": 14.2})
+    checks = score_checks(CONFIG, Measurement(metrics=make_metrics(student), best_beta=6.77))
+    score, max_score = totals(checks)
+    result = SubmissionResult(
+        submission="alice", status="graded", score=score, max_score=max_score,
+        answer_points_pending=CONFIG.max_answer_points, parameters=CONFIG.parameters.defaults(),
+        checks=checks, metrics=make_metrics(student), answers=make_answers(), best_beta=6.77,
+        best_beta_source="markdown",
+        cells=[CellRun(index=i, status="ok", seconds=0.5 + i, source_head=f"# cell {i}") for i in range(4)],
+        figures=write_figures(out), grader_version="0.1.0", device="cpu", graded_at=GRADED_AT, seconds=42.0,
+    )
+    return result.model_copy(update=changes)
+
+
+def failed_result(status: str) -> SubmissionResult:
+    """A run that stopped at cell 14: the tuned VAE and everything after it is missing."""
+    student = {role: figs for role, figs in reference_figures().items() if role != "vae_tuned"}
+    missing = {"vae_tuned": "name 'vae_tuned' is not defined (the notebook stopped before it)"}
+    checks = score_checks(CONFIG, Measurement(metrics=make_metrics(student), missing=missing, best_beta=6.77))
+    score, max_score = totals(checks)
+    failing = {
+        "error": CellRun(index=14, status="error", seconds=3.2, source_head="vae_tuned = train_vae(best_bta)",
+                         error="NameError: name 'best_bta' is not defined", traceback=RED_TRACEBACK),
+        "timeout": CellRun(index=14, status="timeout", seconds=600.0, source_head="for epoch in range(10000):",
+                           error="the cell ran longer than 600 s"),
+        "crashed": CellRun(index=14, status="crashed", seconds=80.0, source_head="big = torch.zeros(10**12)",
+                           error="the kernel died (probably out of memory)"),
+    }[status]
+    cells = [CellRun(index=i, status="ok", seconds=1.0, source_head=f"# cell {i}") for i in range(14)]
+    cells += [failing, CellRun(index=15, status="not_run", source_head="print(best_beta)")]
+    return SubmissionResult(
+        submission=f"bob_{status}", status=status, score=score, max_score=max_score,
+        answer_points_pending=CONFIG.max_answer_points, parameters=CONFIG.parameters.defaults(),
+        checks=checks, metrics=make_metrics(student), answers=make_answers(), cells=cells,
+        errors=[f"cell 14: {failing.error}", f"vae_tuned: {missing['vae_tuned']}"],
+        grader_version="0.1.0", device="cpu", graded_at=GRADED_AT,
+    )
+
+
+def invalid_result() -> SubmissionResult:
+    return SubmissionResult(submission="carol_invalid", status="invalid",
+                            errors=["carol_invalid.ipynb: not a notebook (invalid JSON at line 1)"],
+                            graded_at=GRADED_AT)
+
+
+def pdf_text(path: Path) -> str:
+    """The PDF's text with whitespace runs collapsed (line breaks fall anywhere)."""
+    text = " ".join(page.extract_text() for page in PdfReader(path).pages)
+    return " ".join(text.split())
+
+
+def squash(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    out = tmp_path_factory.mktemp("alice")
+    result = graded_result(out)
+    return result, out, render_report(result, out, CONFIG)
+
+
+def test_graded_report_shows_score_checks_answers_and_pending_points(graded):
+    result, out, pdf = graded
+    assert pdf == out / "report.pdf"
+    text = pdf_text(pdf)
+    assert f"{result.score:g} of {result.max_score:g} points" in text
+    assert 0 < result.score < result.max_score  # the fixture loses points on purpose
+    for check in result.checks:
+        assert check.title in text
+        assert squash(check.message) in text, check.id
+    for _, phrase in ANSWERS.values():
+        assert phrase in text
+    assert "No answer found" in text and "no 'Answer:' label followed it" in text
+    assert "PENDING" in text and f"up to {CONFIG.max_answer_points:g} more points" in text
+    assert "over the limit by" in text  # Q3 is over its limit
+    assert "reduced parameters" not in text and "Parameters the assignment's defaults" in text
+    assert "2026-11-25 14:16 UTC" in text
+
+
+def test_graded_report_embeds_each_figure(graded):
+    result, _, pdf = graded
+    # WeasyPrint shares one resource dictionary between pages: count distinct images.
+    images = {hashlib.sha256(image.data).digest() for page in PdfReader(pdf).pages for image in page.images}
+    assert len(images) == len(result.figures) == 4
+
+
+def test_missing_figure_is_left_out(tmp_path):
+    result = graded_result(tmp_path)
+    (tmp_path / result.figures["training_curves"]).unlink()
+    html = build_report_html(result, tmp_path, CONFIG)
+    assert html.count("data:image/png;base64,") == len(result.figures) - 1
+    assert "Training curves" not in html
+
+
+def test_maths_in_answers_is_drawn_not_shown_as_tex(graded):
+    result, out, pdf = graded
+    html = build_report_html(result, out, CONFIG)
+    q2 = re.search(r"<h3>Q2.*?</div>\s*</div>", html, re.S).group(0)
+    assert q2.count("<svg") == 3  # \beta=0, q(z|x), \mathcal{N}(0, I)
+    text = pdf_text(pdf)
+    assert r"$\beta=0$" not in text and r"\beta" not in text
+    assert "When" in text and "though the reconstruction loss" in text
+
+
+def test_bad_tex_is_shown_as_source_and_html_is_escaped():
+    html = markdown_to_html(r"Broken $\frac{a}{$ and <script>alert(1)</script> **bold**")
+    assert "<svg" not in html
+    assert r'<code class="tex-source">$\frac{a}{$</code>' in html
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "<strong>bold</strong>" in html
+    assert tex_to_svg(r"\beta = 0").startswith("<svg")
+
+
+@pytest.mark.parametrize("status", ["error", "timeout", "crashed"])
+def test_failed_run_says_what_happened_where_and_what_it_cost(tmp_path, status):
+    result = failed_result(status)
+    text = pdf_text(render_report(result, tmp_path, CONFIG))
+    failing = next(c for c in result.cells if c.status == status)
+    assert "What went wrong" in text
+    assert f"cell {failing.index}" in text and squash(failing.source_head) in text
+    assert failing.error in text
+    lost = [c for c in result.checks if c.points == 0 and "Could not be measured" in c.message]
+    assert lost, "the fixture must lose checks to the missing vae_tuned"
+    assert "these checks could not give you points" in text
+    for check in lost:
+        assert check.title in text
+    assert "\x1b" not in text and "[0;31m" not in text
+    if status == "error":
+        assert "NameError: name 'best_bta' is not defined" in text
+        assert "----> 3 vae_tuned = train_vae(best_bta)" in text
+    assert "Run time per cell" in text and "not run" in text
+
+
+def test_invalid_submission_with_almost_nothing_known(tmp_path):
+    result = invalid_result()
+    text = pdf_text(render_report(result, tmp_path, CONFIG))
+    assert "not a notebook the grader can read" in text
+    assert "invalid JSON at line 1" in text
+    assert f"No automatic points (the automatic checks are worth {CONFIG.max_auto_points:g} points)" in text
+    assert "No automatic check could be run" in text
+    assert "No answers could be read" in text
+
+
+def test_reduced_parameters_are_named(tmp_path):
+    params = CONFIG.resolve_parameters(preset="quick")
+    result = graded_result(tmp_path, parameters=params, overrides={"EPOCHS": 4, "TRAIN_SUBSET": 16384},
+                           figures={})
+    text = pdf_text(render_report(result, tmp_path, CONFIG))
+    assert "This run used reduced parameters; the final grade runs the full ones." in text
+    assert "EPOCHS = 4 (full: 10)" in text and "TRAIN_SUBSET = 16384 (full: None)" in text
+    assert "Parameters EPOCHS = 4 (set by the grader), TRAIN_SUBSET = 16384 (set by the grader)" in text
+
+
+def test_long_traceback_and_answer_are_capped(tmp_path):
+    result = failed_result("error")
+    result.cells[14].traceback = "frame\n" * 50_000 + "ValueError: the end"
+    result.answers[0].text = "word " * 100_000
+    html = build_report_html(result, tmp_path, CONFIG)
+    assert len(html) < 200_000
+    assert "ValueError: the end" in html  # a traceback keeps its last lines
+    assert "characters left out above" in html and "more characters, not shown" in html
+
+
+def test_rerender_reproduces_the_same_bytes(tmp_path):
+    out = tmp_path / "OUT"
+    results = [graded_result(out / "alice"), failed_result("error"), invalid_result()]
+    first = {}
+    for result in results:
+        folder = out / result.submission
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "result.json").write_text(result.model_dump_json(indent=1))
+        first[result.submission] = render_report(result, folder, CONFIG).read_bytes()
+    written = rerender(out, CONFIG)
+    assert {p.name for p in written} == {"report.pdf", "summary.pdf", "summary.json"}
+    for submission, data in first.items():
+        again = (out / submission / "report.pdf").read_bytes()
+        assert hashlib.sha256(again).digest() == hashlib.sha256(data).digest(), submission
+    summary = (out / "summary.pdf").read_bytes()
+    render_summary(results, out, CONFIG)
+    assert (out / "summary.pdf").read_bytes() == summary
+
+
+def test_rerender_names_an_unreadable_result(tmp_path):
+    with pytest.raises(ReportError, match="no \\*/result.json to render"):
+        rerender(tmp_path, CONFIG)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "result.json").write_text('{"submission": 3}')
+    with pytest.raises(ReportError, match=r"broken/result.json: not a valid result record: submission"):
+        rerender(tmp_path, CONFIG)
+    assert (tmp_path / "summary.json").exists()  # the readable rest (none here) is still summarised
+
+
+def test_summary_counts(tmp_path):
+    results = [graded_result(tmp_path / "figs"), failed_result("error"), failed_result("timeout"),
+               failed_result("crashed"), invalid_result()]
+    pdf, json_path = render_summary(results, tmp_path, CONFIG)
+    summary = json.loads(json_path.read_text())
+    assert summary["submissions"] == 5
+    assert summary["statuses"] == {"graded": 1, "error": 1, "timeout": 1, "crashed": 1, "invalid": 1}
+    assert [row["submission"] for row in summary["list"]] == sorted(r.submission for r in results)
+    questions = {q["id"]: q for q in summary["questions"]}
+    assert questions["Q4"] == {"id": "Q4", "part": "3 tuning", "found": 0, "missing": 5, "over_limit": 0}
+    assert questions["Q3"]["found"] == 4 and questions["Q3"]["over_limit"] == 4
+    checks = {c["id"]: c for c in summary["checks"]}
+    samples = [c for r in results for c in r.checks if c.id == "vae_tuned_samples"]
+    assert checks["vae_tuned_samples"]["lost_points"] == sum(c.points < c.max_points for c in samples) == 4
+    assert checks["vae_tuned_samples"]["not_scored"] == 1  # the invalid one has no checks
+    assert checks["kl_divergence"]["mean_points"] == pytest.approx(2.0)
+    text = pdf_text(pdf)
+    assert "Class summary" in text
+    for result in results:
+        assert result.submission in text
+
+
+# --- nothing from the grader's machine may end up in a PDF ------------------------------------
+
+
+@pytest.fixture()
+def secret(tmp_path) -> Path:
+    path = tmp_path / "grader-secret.txt"
+    path.write_text("TOP-SECRET-GRADER-TOKEN\n")
+    return path
+
+
+HOSTILE = '<link rel="attachment" href="{url}"> <img src="{url}"> <link rel="stylesheet" href="{url}">'
+
+
+def test_default_weasyprint_would_embed_the_file(secret):
+    """The attack is real: without our fetcher WeasyPrint attaches the file (so the next test can fail)."""
+    html = "<p>hi</p>" + HOSTILE.format(url=secret.as_uri())
+    reader = PdfReader(io.BytesIO(weasyprint.HTML(string=html).write_pdf()))
+    assert any(b"TOP-SECRET" in data for contents in reader.attachments.values() for data in contents)
+
+
+def test_report_renderer_fetches_nothing_but_data_urls(tmp_path, secret):
+    html = "<p>hi</p>" + HOSTILE.format(url=secret.as_uri())
+    pdf = html_to_pdf(html, tmp_path / "raw.pdf")
+    reader = PdfReader(pdf)
+    assert reader.attachments == {}
+    assert not [image for page in reader.pages for image in page.images]
+    fetcher = DataOnlyFetcher()
+    with pytest.raises(ValueError):
+        fetcher.fetch(secret.as_uri())
+    assert fetcher.refused == [secret.as_uri()]
+    assert fetcher.fetch("data:text/plain,ok").read() == b"ok"
+
+
+def test_students_html_cannot_reach_the_grader_files(tmp_path, secret):
+    result = invalid_result().model_copy(update={
+        "status": "graded", "submission": "mallory",
+        "answers": [Answer(id="Q1", found=True, limit=150, max_points=2, words=9,
+                           text="My answer " + HOSTILE.format(url=secret.as_uri())
+                           + f" ![x]({secret.as_uri()}) [y]({secret.as_uri()})")],
+        "errors": [HOSTILE.format(url=secret.as_uri())],
+        "figures": {"stolen": str(secret), "escape": "../grader-secret.txt"},
+    })
+    html = build_report_html(result, tmp_path, CONFIG)
+    assert "<link" not in html.split("</style>")[1] and "<img" not in html
+    reader = PdfReader(render_report(result, tmp_path, CONFIG))
+    assert reader.attachments == {}
+    assert not [image for page in reader.pages for image in page.images]
+    assert "My answer" in pdf_text(tmp_path / "report.pdf")
+
+
+# --- figures ----------------------------------------------------------------------------------
+
+
+def test_figures_are_deterministic_pngs_without_software_metadata(tmp_path):
+    images = np.random.default_rng(1).random((6, 784))  # flat rows are accepted too
+    first = figures.image_grid_png(tmp_path / "a.png", images, titles=list("abcdef"), ncols=3).read_bytes()
+    second = figures.image_grid_png(tmp_path / "b.png", images, titles=list("abcdef"), ncols=3).read_bytes()
+    assert first == second and first.startswith(b"\x89PNG")
+    assert b"Software" not in first and b"matplotlib" not in first.lower()
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary file
+    assert figures.training_curves_png(tmp_path / "none.png", {"ae": None, "vae": {}}) is None
+    assert figures.reconstructions_png(tmp_path / "none.png", images[:2], None, None) is None
+    assert not (tmp_path / "none.png").exists()
+    histogram = figures.score_histogram_png(tmp_path / "h.png", [0.0, 3.5, 18.0], 18.0)
+    assert histogram.read_bytes().startswith(b"\x89PNG")
