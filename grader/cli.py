@@ -148,12 +148,16 @@ def check(
 
 
 @app.command()
-def report(out: Path = typer.Argument(..., help="An output folder written by `grader grade`.")) -> None:
+def report(
+    out: Path = typer.Argument(..., help="An output folder written by `grader grade`."),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
     """Re-render every PDF (and the class summary) from the result.json files alone."""
+    from .config import load_config
     from .report import rerender
 
     try:
-        paths = rerender(out)
+        paths = rerender(out, load_config(config))
     except GraderError as exc:
         _fail(exc)
     typer.echo(f"rendered {len(paths)} PDF(s) in {out}")

@@ -214,7 +214,7 @@ def _best_beta(ctx: GradingContext, probe: ProbeData, nb) -> tuple[float | None,
 def evaluate(ctx: GradingContext, notebook: Path, execution: ExecutionResult, out: Path) -> SubmissionResult:
     """Measure, score and collect answers for one executed submission."""
     from .measure import measure
-    from .result_figures import write_figures
+    from .result_figures import histories_for_figures, write_figures
 
     nb = _read_notebook(notebook)
     student = load_probe(out) if execution.probe_file else ProbeData(
@@ -239,7 +239,7 @@ def evaluate(ctx: GradingContext, notebook: Path, execution: ExecutionResult, ou
         parameters=ctx.params, checks=checks, metrics=measurement.metrics,
         answers=_answers(ctx, nb), best_beta=best_beta, best_beta_source=source,
         cells=execution.cells, errors=errors, sandbox_warnings=execution.sandbox_warnings,
-        histories={k: student.values[k] for k in ("ae_history", "vae_histories") if k in student.values},
+        histories=histories_for_figures(student.values),
         grader_version=__version__, device=ctx.device, seconds=round(execution.seconds, 2),
     )
     result.figures = write_figures(out, ctx, student, reference, measurement)
@@ -274,7 +274,7 @@ def grade_one(ctx: GradingContext, notebook: Path, execution: ExecutionResult) -
                             (out / "report.pdf").stat().st_mtime < (out / "result.json").stat().st_mtime):
         from .report import render_report
 
-        render_report(result, out)
+        render_report(result, out, ctx.config)
     return result
 
 

@@ -1,0 +1,22 @@
+# The two commands a newcomer types: `make demo` (grade the samples into PDFs) and `make test`.
+.PHONY: bootstrap data demo test bench clean-out
+
+OUT ?= out
+WORKERS ?= 2
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+data: bootstrap
+	.venv/bin/grader data
+
+# The demo grades with the config's `quick` preset (EPOCHS=4, TRAIN_SUBSET=16384): a few minutes on a
+# laptop CPU. Drop --preset for the handout's full parameters (much longer).
+demo: data
+	.venv/bin/grader grade submissions --out $(OUT) --preset quick --workers $(WORKERS)
+
+test: data
+	.venv/bin/python -m pytest -q
+
+bench: data
+	for b in bench/bench_*.py; do .venv/bin/python $$b; done
