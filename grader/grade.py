@@ -70,22 +70,12 @@ class GradingContext:
         return {k: v for k, v in self.params.items() if defaults.get(k) != v}
 
     def reference_probe(self, beta: float | None) -> ProbeData:
-        """The probe run in-process on the reference models, with vae_tuned at `beta`."""
+        """The probe run in-process on the reference models, with vae_tuned nearest to `beta`."""
         from .probe import probe_in_process
-        from . import models
 
-        tuned_beta, tuned = self.reference.vae_at(beta)
+        tuned_beta, _ = self.reference.vae_at(beta)
         if tuned_beta not in self._reference_probes:
-            namespace = {
-                "ae": self.reference.models["ae"],
-                "vae_beta0": self.reference.models["vae_beta0"],
-                "vae_beta10": self.reference.models["vae_beta10"],
-                "vae_tuned": tuned,
-                "kl_divergence": models.kl_divergence,
-                "reparameterize": models.reparameterize,
-                "reconstruction_loss": models.reconstruction_loss,
-                "best_beta": tuned_beta,
-            }
+            namespace = self.reference.namespace(self.config, tuned_beta)
             with tempfile.TemporaryDirectory(prefix="grader-ref-probe-") as tmp:
                 self._reference_probes[tuned_beta] = probe_in_process(namespace, self.config, self.inputs, Path(tmp))
         return self._reference_probes[tuned_beta]
