@@ -1,0 +1,467 @@
+"""EXECUTE: run one untrusted notebook for real, in a sandboxed kernel, cell by cell.
+
+nbclient drives a real ipykernel (grader/sandbox.py confines it). On top of nbclient:
+
+- every cell runs even when an earlier one raised (a later cell may still define what earns points);
+- a per-cell and a whole-notebook time budget: a cell past its budget is interrupted and marked
+  "timeout", and the notebook goes on; once the notebook's budget is spent the remaining cells are
+  "not_run"; a kernel that ignores the interrupt is killed;
+- a dead kernel (out of memory, os._exit, segfault) ends the run: "crashed", the rest "not_run";
+- the output kept per cell is capped (a notebook printing gigabytes cannot fill the report);
+- the grader's probe runs in the same kernel after the student's cells, even when they failed.
+
+The submission file itself is only read; the kernel works on a copy in the scratch directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import json
+import os
+import re
+import shutil
+import signal
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from queue import Empty
+from subprocess import DEVNULL, PIPE
+from time import monotonic
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
+from nbformat import NotebookNode
+
+from .config import AssignmentConfig
+from .errors import GraderError
+from .inject import ParametersCellMissing, find_parameters_cell, inject_parameters, is_injected
+from .records import CellRun, ExecutionResult, Status
+from .sandbox import Sandbox, SandboxedKernelManager, SandboxError
+
+# The contract's parameter naming the MNIST root (torchvision's layout: ROOT/MNIST/raw).
+DATA_DIR_PARAMETER = "DATA_DIR"
+SUBMISSION_COPY = "submitted.ipynb"
+EXECUTED_NOTEBOOK = "executed.ipynb"
+PROBE_FILE = "probe.npz"
+# How long an interrupted cell may take to stop before its kernel is killed.
+INTERRUPT_GRACE_S = 10.0
+KERNEL_STARTUP_S = 60
+TRUNCATED = "\n[... output truncated by the grader: this cell's output passed {limit} bytes ...]\n"
+MAX_ERROR_CHARS = 2_000        # CellRun.error ("Name: value")
+MAX_TRACEBACK_CHARS = 20_000   # CellRun.traceback
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+class NotebookInvalid(GraderError):
+    """The submission is not a readable Jupyter notebook."""
+
+
+def strip_ansi(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
+def read_notebook(path: Path) -> NotebookNode:
+    """The notebook at path as nbformat v4; NotebookInvalid names the file and the problem."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            nb = nbformat.read(f, as_version=4)
+    except OSError as exc:
+        raise NotebookInvalid(f"{path}: cannot read the notebook ({exc.strerror})") from exc
+    except Exception as exc:  # nbformat raises JSON, Unicode, schema and conversion errors alike
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise NotebookInvalid(f"{path}: not a Jupyter notebook ({reason})") from exc
+    if not isinstance(nb.get("cells"), list) or not all(isinstance(c, dict) and "cell_type" in c for c in nb.cells):
+        raise NotebookInvalid(f"{path}: not a Jupyter notebook (it has no list of cells)")
+    return nb
+
+
+# --- the nbclient client -----------------------------------------------------------------------
+
+
+def _content_size(msg: dict) -> int:
+    content = msg["content"]
+    if msg["msg_type"] == "stream":
+        return len(content.get("text", "").encode("utf-8", "replace"))
+    return len(json.dumps(content.get("data", {}))) + len(json.dumps(content.get("metadata", {})))
+
+
+class SandboxClient(NotebookClient):
+    """nbclient's client with a float time budget per cell, timeouts that interrupt and then wait
+    a grace period (nbclient's own would wait a whole cell budget again), an output cap per cell,
+    and the last execute_reply kept for the cell's record."""
+
+    def __init__(self, nb: NotebookNode, km: SandboxedKernelManager, *, sandbox: Sandbox, output_bytes: int):
+        super().__init__(
+            nb,
+            km=km,
+            allow_errors=True,          # stop_on_error=False: a raising cell does not abort the queue
+            record_timing=True,
+            # Not coalesce_streams: its \r regex is quadratic in a line's length, and one long
+            # printed line would hang the grader after the cell ended. output() merges instead.
+            coalesce_streams=False,
+            shutdown_kernel="immediate",
+            startup_timeout=KERNEL_STARTUP_S,
+            iopub_timeout=30,           # a big output may still be in flight after the reply
+            timeout_func=lambda cell: self.cell_budget,
+        )
+        self.sandbox = sandbox
+        self.stderr_tail: _StderrTail | None = None
+        self.cell_budget: float | None = None
+        self.output_bytes = output_bytes
+        self.timed_out = False
+        self.last_reply: dict | None = None
+        self._kept: dict[int, int] = {}
+        self._truncated: set[int] = set()
+        self.on_cell_executed = self._keep_reply
+
+    def _keep_reply(self, cell: NotebookNode, cell_index: int, execute_reply: dict) -> None:
+        self.last_reply = execute_reply
+
+    async def _async_handle_timeout(self, timeout: float, cell: NotebookNode | None = None) -> dict:
+        """Interrupt; the interrupted cell's reply (a KeyboardInterrupt error) ends its wait."""
+        self.timed_out = True
+        await self.km.interrupt_kernel()
+        try:
+            return await self.kc.shell_channel.get_msg(timeout=INTERRUPT_GRACE_S)
+        except Empty:
+            await self._async_check_alive()  # DeadKernelError if it died meanwhile
+            raise CellTimeoutError.error_from_timeout_and_cell(
+                "the kernel did not respond to an interrupt", timeout, cell
+            ) from None
+
+    def output(self, outs, msg, display_id, cell_index):
+        if self.clear_before_next_output:  # nbclient empties outs before appending this one
+            self._kept[cell_index] = 0
+        if msg["msg_type"] == "error":  # always kept, shortened if huge (a 50 MB exception message)
+            content = msg["content"]
+            traceback = "\n".join(content.get("traceback", []))
+            if len(traceback) + len(content.get("evalue", "")) > self.output_bytes:
+                msg = {**msg, "content": {**content, "evalue": _shorten(content.get("evalue", ""), MAX_ERROR_CHARS),
+                                          "traceback": [_shorten(traceback, MAX_TRACEBACK_CHARS)]}}
+            return super().output(outs, msg, display_id, cell_index)
+        kept, size = self._kept.get(cell_index, 0), _content_size(msg)
+        if kept + size <= self.output_bytes:
+            self._kept[cell_index] = kept + size
+            return self._append(outs, msg, display_id, cell_index)
+        if cell_index in self._truncated:
+            return None
+        self._truncated.add(cell_index)
+        self._kept[cell_index] = self.output_bytes
+        marker = TRUNCATED.format(limit=self.output_bytes)
+        if msg["msg_type"] == "stream":
+            room = max(self.output_bytes - kept, 0)
+            head = msg["content"]["text"].encode("utf-8", "replace")[:room].decode("utf-8", "ignore")
+            msg = {**msg, "content": {**msg["content"], "text": head + marker}}
+            return self._append(outs, msg, None, cell_index)
+        out = nbformat.v4.new_output("stream", name="stderr", text=marker)
+        outs.append(out)
+        return out
+
+    def _append(self, outs, msg, display_id, cell_index):
+        """Like nbclient's output(), but text on a stream continues that stream's last output,
+        as a notebook front end shows it (no thousands of one-line outputs)."""
+        last = outs[-1] if outs else None
+        hooked = self.output_hook_stack[msg["parent_header"].get("msg_id")]
+        if (msg["msg_type"] == "stream" and last is not None and last.output_type == "stream"
+                and last.name == msg["content"]["name"] and not self.clear_before_next_output and not hooked):
+            last.text += msg["content"]["text"]
+            return last
+        return super().output(outs, msg, display_id, cell_index)
+
+    def clear_output(self, outs, msg, cell_index):
+        super().clear_output(outs, msg, cell_index)
+        if not outs:
+            self._kept[cell_index] = 0
+
+
+# --- running cells -----------------------------------------------------------------------------
+
+
+def _source_head(cell: NotebookNode) -> str:
+    for line in cell.source.splitlines():
+        if line.strip():
+            return line.strip()[:80]
+    return ""
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit // 2] + "\n[...]\n" + text[-limit // 2 :]
+
+
+class _StderrTail:
+    """The last bytes the kernel process wrote to its stderr, for a crash's message. A daemon
+    thread drains the pipe (an undrained pipe would block the kernel; a file could fill the disk)."""
+
+    def __init__(self, pipe, limit: int = 2000):
+        self._data, self._limit = bytearray(), limit
+        threading.Thread(target=self._drain, args=(pipe,), daemon=True).start()
+
+    def _drain(self, pipe) -> None:
+        with pipe:
+            for chunk in iter(lambda: pipe.read1(65536), b""):
+                self._data += chunk
+                del self._data[: -self._limit]
+
+    def text(self) -> str:
+        return strip_ansi(bytes(self._data).decode("utf-8", "replace")).strip()
+
+
+async def _death_reason(client: SandboxClient) -> str:
+    if client.sandbox.oom_killed():
+        return (f"killed by the out-of-memory killer: the kernel and its processes used more than "
+                f"{client.sandbox.limits.memory_mb} MB")
+    try:
+        code = await client.km.provisioner.poll()
+    except Exception:
+        code = None
+    if code is None:
+        reason = "the kernel died"
+    else:  # bwrap reports a signalled child as 128 + signal
+        sig = -code if code < 0 else code - 128 if code > 128 else 0
+        names = {9: "SIGKILL (perhaps out of memory)", 11: "SIGSEGV (segmentation fault)", 6: "SIGABRT"}
+        reason = f"the kernel was killed by {names.get(sig, f'signal {sig}')}" if sig else f"the kernel exited with code {code}"
+    await asyncio.sleep(0.1)  # let the drain thread read the dying kernel's last words
+    tail = client.stderr_tail.text() if client.stderr_tail else ""
+    return f"{reason}; its last error output:\n{tail}" if tail else reason
+
+
+@dataclass
+class _CellOutcome:
+    status: str
+    seconds: float
+    error: str | None = None
+    traceback: str | None = None
+    kernel_alive: bool = True
+
+
+async def _run_cell(client: SandboxClient, cell: NotebookNode, index: int, budget: float, *,
+                    store_history: bool = True) -> _CellOutcome:
+    client.cell_budget = max(budget, 0.01)
+    client.timed_out, client.last_reply = False, None
+    started = monotonic()
+    try:
+        await client.async_execute_cell(cell, index, store_history=store_history)
+    except DeadKernelError:
+        reason = await _death_reason(client)
+        return _CellOutcome("crashed", monotonic() - started, f"KernelDied: {reason}", kernel_alive=False)
+    except CellTimeoutError:
+        await client.km.shutdown_kernel(now=True)
+        return _CellOutcome("timeout", monotonic() - started,
+                            f"Timeout: the cell ran longer than {budget:.0f} s and ignored the interrupt; "
+                            "the kernel was stopped", kernel_alive=False)
+    seconds = monotonic() - started
+    content = (client.last_reply or {}).get("content", {})
+    traceback = strip_ansi("\n".join(content.get("traceback", []))) or None
+    traceback = traceback and _shorten(traceback, MAX_TRACEBACK_CHARS)
+    if client.timed_out:
+        return _CellOutcome("timeout", seconds, f"Timeout: the cell ran longer than {budget:.0f} s and was interrupted", traceback)
+    if content.get("status") == "error":
+        name, value = content.get("ename", "Error"), content.get("evalue", "")
+        error = _shorten(strip_ansi(f"{name}: {value}" if value else name), MAX_ERROR_CHARS)
+        return _CellOutcome("error", seconds, error, traceback)
+    return _CellOutcome("ok", seconds)
+
+
+@dataclass
+class _Run:
+    cells: list[CellRun] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    probe_error: str | None = None
+    probe_ran: bool = False
+
+
+async def _run_notebook(nb: NotebookNode, sandbox: Sandbox, *, probe_code: str | None,
+                        cell_timeout: float, notebook_timeout: float, output_bytes: int) -> _Run:
+    run = _Run()
+    client = SandboxClient(nb, SandboxedKernelManager(sandbox), sandbox=sandbox, output_bytes=output_bytes)
+    try:
+        await client.async_start_new_kernel(env=sandbox.environment(), cwd=str(sandbox.scratch_dir),
+                                            stdout=DEVNULL, stderr=PIPE)
+        client.stderr_tail = _StderrTail(client.km.provisioner.process.stderr)
+        kernel = client.async_setup_kernel()  # connects and waits for the kernel's first reply
+        await kernel.__aenter__()
+        _restore_default_signals()
+    except Exception as exc:
+        atexit.unregister(client._cleanup_kernel)  # nbclient leaves it registered on failure
+        await asyncio.sleep(0.1)
+        tail = client.stderr_tail.text() if client.stderr_tail else ""
+        raise SandboxError(f"the sandboxed kernel did not start ({exc}); its error output:\n{tail}") from exc
+    try:
+        alive = await _run_cells(client, nb, run, cell_timeout, notebook_timeout)
+        if probe_code is not None and not alive:
+            run.probe_error = "the probe did not run: the kernel had died or been stopped"
+        elif probe_code is not None:
+            await _run_probe(client, nb, run, probe_code, cell_timeout)
+    finally:
+        await kernel.__aexit__(None, None, None)
+    return run
+
+
+def _restore_default_signals() -> None:
+    """nbclient turns SIGINT/SIGTERM into "shut the kernel down": the run would then go on and
+    record a crash. Ctrl-C must stop the grader (the finally clauses still stop the sandbox)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.remove_signal_handler(sig)
+        except (RuntimeError, ValueError):
+            pass
+
+
+async def _run_cells(client: SandboxClient, nb: NotebookNode, run: _Run, cell_timeout: float,
+                     notebook_timeout: float) -> bool:
+    """Run the notebook's cells into run; whether the kernel is still usable afterwards."""
+    deadline = monotonic() + notebook_timeout
+    alive, submitted_index = True, -1
+    for index, cell in enumerate(nb.cells):
+        injected = is_injected(cell)
+        submitted_index += 0 if injected else 1
+        if cell.cell_type != "code":
+            continue
+        if not alive or monotonic() >= deadline:
+            cell.outputs, cell.execution_count = [], None  # not the submission's stale outputs
+            if not injected:
+                run.cells.append(CellRun(index=submitted_index, status="not_run", source_head=_source_head(cell)))
+            continue
+        outcome = await _run_cell(client, cell, index, min(cell_timeout, deadline - monotonic()))
+        alive = outcome.kernel_alive
+        if injected:
+            if outcome.status != "ok":
+                run.errors.append(f"the grader's parameters cell failed: {outcome.error}")
+            continue
+        run.cells.append(CellRun(index=submitted_index, status=outcome.status, seconds=round(outcome.seconds, 3),
+                                 error=outcome.error, traceback=outcome.traceback, source_head=_source_head(cell)))
+        where = f"cell {submitted_index} ({_source_head(cell)!r})"
+        if outcome.status == "crashed":
+            run.errors.append(f"{where}: {outcome.error.removeprefix('KernelDied: ')}; the cells after it were not run")
+        elif outcome.status == "timeout":
+            run.errors.append(f"{where}: {outcome.error.removeprefix('Timeout: ')}")
+    if alive and monotonic() >= deadline and any(c.status == "not_run" for c in run.cells):
+        run.errors.append(f"the notebook's time budget of {notebook_timeout:.0f} s ran out; "
+                          "the cells after the interrupted one were not run")
+    return alive
+
+
+async def _run_probe(client: SandboxClient, nb: NotebookNode, run: _Run, probe_code: str, cell_timeout: float) -> None:
+    scratch = client.sandbox.scratch_dir
+    probe_path = scratch / PROBE_FILE
+    if probe_path.is_symlink() or probe_path.exists():  # a file the notebook left there is not the probe's
+        _remove(probe_path)
+    # The notebook may have changed directory: the probe writes relative to the scratch dir.
+    cell = nbformat.v4.new_code_cell(f"__import__('os').chdir({str(scratch)!r})\n{probe_code}")
+    nb.cells.append(cell)
+    try:
+        outcome = await _run_cell(client, cell, len(nb.cells) - 1, cell_timeout, store_history=False)
+    finally:
+        nb.cells.pop()
+    run.probe_ran = True
+    if outcome.status == "crashed":
+        run.probe_error = f"the kernel died while the probe ran: {outcome.error.removeprefix('KernelDied: ')}"
+        run.errors.append(run.probe_error)
+    elif outcome.status == "timeout":
+        run.probe_error = f"the probe ran longer than its {cell_timeout:.0f} s limit"
+    elif outcome.status == "error":
+        run.probe_error = _shorten(f"{outcome.error}\n{outcome.traceback or ''}".strip(), MAX_TRACEBACK_CHARS)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _overall_status(cells: list[CellRun]) -> Status:
+    statuses = {c.status for c in cells}
+    for status in ("crashed", "timeout", "error"):
+        if status in statuses:
+            return status
+    return "graded"
+
+
+def write_notebook_atomic(nb: NotebookNode, path: Path) -> None:
+    """Write nb to path via a temp file and os.replace (mkstemp's O_EXCL refuses planted links)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            nbformat.write(nb, f)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 is for the temp name only
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --- the stage ---------------------------------------------------------------------------------
+
+
+def execute_notebook(
+    notebook_path: Path,
+    scratch_dir: Path,
+    parameters: dict,
+    *,
+    config: AssignmentConfig,
+    data_dir: Path,
+    probe_code: str | None = None,
+    cell_timeout: float | None = None,
+    notebook_timeout: float | None = None,
+    threads: int | None = None,
+) -> ExecutionResult:
+    """Run the notebook at notebook_path in a sandboxed kernel working in scratch_dir (a fresh,
+    empty directory), with `parameters` injected after its parameters cell and DATA_DIR pointing at
+    a read-only view of data_dir. Writes scratch_dir/executed.ipynb; never modifies the submission.
+
+    threads: OMP/MKL threads for the kernel (default: the CPUs this process may use).
+    Raises SandboxError when the host cannot start a kernel at all (not the submission's fault).
+    """
+    started = monotonic()
+    notebook_path, scratch_dir = Path(notebook_path), Path(scratch_dir)
+    limits = config.limits
+    cell_timeout = cell_timeout or limits.cell_timeout_s
+    notebook_timeout = notebook_timeout or limits.notebook_timeout_s
+    try:
+        nb = read_notebook(notebook_path)
+    except NotebookInvalid as exc:
+        return ExecutionResult(status="invalid", errors=[str(exc)], seconds=round(monotonic() - started, 3))
+    errors = []
+    tag = config.parameters.tag
+    try:
+        find_parameters_cell(nb, tag)
+    except ParametersCellMissing:
+        errors.append(f"{notebook_path.name}: no code cell is tagged {tag!r}; the grader's parameters "
+                      "were set in a cell before the first one")
+    scratch_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(notebook_path, scratch_dir / SUBMISSION_COPY)
+
+    with Sandbox(scratch_dir, data_dir, limits, threads=threads) as sandbox:
+        run_nb = inject_parameters(nb, {**parameters, DATA_DIR_PARAMETER: str(sandbox.data_path)}, tag)
+        run = asyncio.run(_run_notebook(run_nb, sandbox, probe_code=probe_code, cell_timeout=cell_timeout,
+                                        notebook_timeout=notebook_timeout, output_bytes=limits.output_bytes))
+        warnings = list(sandbox.warnings)
+    # Every process of the sandbox is gone now: nothing can swap files under what we read or write.
+    executed = scratch_dir / EXECUTED_NOTEBOOK
+    write_notebook_atomic(run_nb, executed)
+    probe = scratch_dir / PROBE_FILE
+    probe_file, probe_error = None, run.probe_error
+    if run.probe_ran and probe.is_symlink():
+        probe_error = probe_error or f"{PROBE_FILE} is a symbolic link, not the probe's file: ignored"
+    elif run.probe_ran and probe.is_file():
+        probe_file = str(probe)
+    elif run.probe_ran and probe_error is None:
+        probe_error = f"the probe finished without writing {PROBE_FILE}"
+    return ExecutionResult(
+        status=_overall_status(run.cells),
+        cells=run.cells,
+        errors=errors + run.errors,
+        seconds=round(monotonic() - started, 3),
+        executed_notebook=str(executed),
+        probe_file=probe_file,
+        probe_error=probe_error,
+        sandbox_warnings=warnings,
+    )
