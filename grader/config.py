@@ -71,6 +71,7 @@ class ParameterSpec(Strict):
 
 class Parameters(Strict):
     tag: str = "parameters"
+    data_dir: str = "DATA_DIR"   # the parameter the grader points at its read-only MNIST copy
     spec: dict[str, ParameterSpec]
     presets: dict[str, dict[str, int | float | str]] = {}
 
@@ -81,6 +82,8 @@ class Parameters(Strict):
                 if name not in self.spec:
                     raise ValueError(f"preset {preset!r} sets unknown parameter {name!r}")
                 self.spec[name].coerce(value)
+        if self.data_dir not in self.spec:
+            raise ValueError(f"data_dir names {self.data_dir!r}, which is not a parameter")
         return self
 
     def defaults(self) -> dict[str, ParamValue]:

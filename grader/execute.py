@@ -41,8 +41,6 @@ from .inject import ParametersCellMissing, find_parameters_cell, inject_paramete
 from .records import CellRun, ExecutionResult, Status
 from .sandbox import Sandbox, SandboxedKernelManager, SandboxError
 
-# The contract's parameter naming the MNIST root (torchvision's layout: ROOT/MNIST/raw).
-DATA_DIR_PARAMETER = "DATA_DIR"
 SUBMISSION_COPY = "submitted.ipynb"
 EXECUTED_NOTEBOOK = "executed.ipynb"
 PROBE_FILE = "probe.npz"
@@ -440,7 +438,7 @@ def execute_notebook(
     shutil.copyfile(notebook_path, scratch_dir / SUBMISSION_COPY)
 
     with Sandbox(scratch_dir, data_dir, limits, threads=threads) as sandbox:
-        run_nb = inject_parameters(nb, {**parameters, DATA_DIR_PARAMETER: str(sandbox.data_path)}, tag)
+        run_nb = inject_parameters(nb, {**parameters, config.parameters.data_dir: str(sandbox.data_path)}, tag)
         run = asyncio.run(_run_notebook(run_nb, sandbox, probe_code=probe_code, cell_timeout=cell_timeout,
                                         notebook_timeout=notebook_timeout, output_bytes=limits.output_bytes))
         warnings = list(sandbox.warnings)
