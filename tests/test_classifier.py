@@ -1,0 +1,130 @@
+"""The grader's MNIST classifier: pinned weights, real accuracy, output shapes, reproducible training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from grader.classifier import (
+    FEATURES,
+    MnistClassifier,
+    classify,
+    evaluate_classifier,
+    file_sha256,
+    fit_classifier,
+    load_classifier,
+    load_configured_classifier,
+    random_affine,
+    save_classifier,
+)
+from grader.config import load_config
+from grader.data import load_mnist
+from grader.errors import ClassifierError
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_config()
+
+
+@pytest.fixture(scope="module")
+def shipped(config) -> MnistClassifier:
+    return load_configured_classifier(config)
+
+
+@pytest.fixture(scope="module")
+def test_slice():
+    """Every fifth MNIST test image: 2000 images spread over the whole test set."""
+    images, labels = load_mnist(train=False)
+    return images[::5], labels[::5]
+
+
+def test_shipped_weights_match_the_configured_hash(config):
+    weights = config.path(config.classifier.weights)
+    assert weights.is_file()
+    assert file_sha256(weights) == config.classifier.sha256
+    assert weights.stat().st_size < 5 * 1024 * 1024
+
+
+def test_saved_weights_do_not_depend_on_file_name_or_time(shipped, config, tmp_path):
+    # torch.save to a path embeds the file's name in the archive; the hash must not depend on it.
+    resaved = tmp_path / "some-other-name.pt"
+    save_classifier(shipped, resaved)
+    assert file_sha256(resaved) == config.classifier.sha256
+
+
+def test_modified_weights_are_refused_naming_file_and_hashes(config, tmp_path):
+    original = config.path(config.classifier.weights)
+    copy = tmp_path / "classifier.pt"
+    data = bytearray(original.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    with pytest.raises(ClassifierError) as info:
+        load_classifier(copy, config.classifier.sha256)
+    message = str(info.value)
+    assert str(copy) in message
+    assert config.classifier.sha256 in message
+    assert file_sha256(copy) in message
+    assert "grader classifier train" in message
+
+
+def test_missing_weights_are_refused(config, tmp_path):
+    missing = tmp_path / "nowhere.pt"
+    with pytest.raises(ClassifierError, match="not found") as info:
+        load_classifier(missing, config.classifier.sha256)
+    assert str(missing) in str(info.value)
+
+
+def test_matching_hash_but_wrong_contents_is_refused(tmp_path):
+    other = tmp_path / "other.pt"
+    torch.save({"weight": torch.zeros(3)}, other)
+    with pytest.raises(ClassifierError, match="not a state_dict"):
+        load_classifier(other, file_sha256(other))
+
+
+def test_shipped_classifier_is_accurate_on_real_test_images(shipped, test_slice):
+    images, labels = test_slice
+    assert len(images) == 2000
+    assert evaluate_classifier(shipped, images, labels) >= 0.99
+
+
+def test_classify_shapes_flat_input_and_determinism(shipped, test_slice):
+    images = test_slice[0][:300]
+    out = classify(shipped, images, batch_size=128)
+    assert out.probs.shape == (300, 10)
+    assert out.features.shape == (300, FEATURES)
+    assert torch.allclose(out.probs.sum(dim=1), torch.ones(300), atol=1e-5)
+    flat = classify(shipped, images.reshape(300, 784), batch_size=1000)
+    assert torch.allclose(flat.probs, out.probs, atol=1e-5)
+    again = classify(shipped, images, batch_size=128)
+    assert torch.equal(again.probs, out.probs) and torch.equal(again.features, out.features)
+    assert shipped.features(images[:5]).shape == (5, FEATURES)
+    assert shipped(images[:5]).shape == (5, 10)
+
+
+def test_wrong_input_shape_is_a_clear_error(shipped):
+    with pytest.raises(ValueError, match="expected MNIST images"):
+        shipped(torch.zeros(2, 1, 32, 32))
+
+
+def test_augmentation_moves_digits_without_destroying_them(test_slice):
+    images = test_slice[0][:64]
+    moved = random_affine(images, torch.Generator().manual_seed(0))
+    assert moved.shape == images.shape
+    assert not torch.allclose(moved, images)
+    assert moved.min() >= 0 and moved.max() <= 1
+    ink, moved_ink = images.sum(dim=(1, 2, 3)), moved.sum(dim=(1, 2, 3))
+    assert ((moved_ink / ink - 1).abs() < 0.35).all()   # scale change is at most 10% per side
+
+
+def test_training_is_deterministic_given_the_seed(test_slice):
+    images, labels = test_slice[0][:384], test_slice[1][:384]
+
+    def train(seed: int) -> dict[str, torch.Tensor]:
+        model = fit_classifier(images, labels, seed=seed, epochs=1, log=lambda _: None)
+        return model.state_dict()
+
+    first, second, other = train(0), train(0), train(1)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not torch.equal(first["head.1.weight"], other["head.1.weight"])
