@@ -97,6 +97,9 @@ def reference(
     try:
         cfg = load_config(config)
         params = cfg.resolve_parameters(_overrides(parameter), preset)
+        import torch
+
+        torch.set_num_threads(cfg.limits.threads)
         ref = build_reference(cfg, params, log=_log)
     except GraderError as exc:
         _fail(exc)

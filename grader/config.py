@@ -120,6 +120,7 @@ class Limits(Strict):
     memory_mb: int = Field(gt=0)
     processes: int = Field(gt=0)
     output_bytes: int = Field(gt=0)
+    threads: int = Field(default=1, gt=0)   # CPU threads per kernel and for reference training
 
 
 class ProbeInfo(Strict):

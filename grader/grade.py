@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 import nbformat
+import torch
 
 from . import __version__, atomic
 from .config import AssignmentConfig, load_config
@@ -91,6 +92,7 @@ def prepare(options: GradeOptions, log: Log) -> GradingContext:
 
     config = load_config(options.config_path)
     params = config.resolve_parameters(options.overrides, options.preset)
+    torch.set_num_threads(config.limits.threads)
     data_dir = ensure_mnist(options.data_dir, log=log)
     test_x, test_y = load_mnist(train=False, data_dir=data_dir)
     inputs = make_probe_inputs(config, params, test_x, test_y)
@@ -154,6 +156,7 @@ def run_execution(ctx: GradingContext, notebook: Path, out: Path) -> ExecutionRe
             notebook, scratch, dict(ctx.params), config=ctx.config, data_dir=ctx.data_dir,
             probe_code=probe_code(ctx.config, ctx.inputs_sha),
             cell_timeout=ctx.options.cell_timeout, notebook_timeout=ctx.options.notebook_timeout,
+            threads=ctx.config.limits.threads,
         )
         for name in ("executed.ipynb", OUTPUT_FILE, OUTPUT_JSON):
             source = scratch / name
