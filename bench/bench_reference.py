@@ -29,15 +29,13 @@ def main() -> None:
     parser.add_argument("--preset", default=None, help="a parameter preset of the config (quick, smoke)")
     parser.add_argument("--config", default=None, help="assignment config (default: the shipped one)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the config's limits.threads)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--cache", default=None, help="cache folder of reference entries to use")
     where.add_argument("--keep", action="store_true", help="use (and fill) the grader's own cache")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
     config = load_config(args.config)
+    torch.set_num_threads(args.threads or config.limits.threads)   # as `grader reference` does
     overrides = dict(parse_override(text) for text in [*args.overrides, *args.more])
     params = config.resolve_parameters(overrides, args.preset)
     if not overrides and not args.preset:

@@ -120,10 +120,24 @@ def reference_cache_key(
     `classifier_digest` for one given in memory), the prior samples (count, seed) and the
     confidence threshold. Not DATA_DIR, START_LABEL, END_LABEL: they do not change the models.
     """
+    return _key_of(cache_key_inputs(config, params, device_kind, classifier_digest))
+
+
+def _key_of(key_inputs: dict) -> str:
+    return _sha256_bytes(json.dumps(key_inputs, sort_keys=True).encode())
+
+
+def cache_key_inputs(
+    config: AssignmentConfig,
+    params: dict[str, ParamValue],
+    device_kind: str | torch.device,
+    classifier_digest: str | None = None,
+) -> dict:
+    """What reference_cache_key hashes (also stored in each entry, to tell why two keys differ)."""
     from .data import mnist_md5s
 
     kind = device_kind.type if isinstance(device_kind, torch.device) else torch.device(device_kind).type
-    payload = {
+    return {
         "format": REFERENCE_FORMAT,
         "training": training_params(params),
         "betas_fixed": [float(b) for b in config.reference.betas_fixed],
@@ -136,7 +150,6 @@ def reference_cache_key(
         "prior_samples": [prior_sample_count(config), config.probe.seed],
         "confidence": _accept_confidence(config),
     }
-    return _sha256_bytes(json.dumps(payload, sort_keys=True).encode())
 
 
 # --- the reference set --------------------------------------------------------------------------
@@ -401,7 +414,7 @@ def _save_entry(entry: Path, meta: dict, states: dict[str, dict[str, torch.Tenso
 def _train_and_measure(
     config: AssignmentConfig,
     params: dict[str, ParamValue],
-    key: str,
+    key_inputs: dict,
     device: torch.device,
     classifier: torch.nn.Module,
     data_dir: Path | None,
@@ -446,7 +459,8 @@ def _train_and_measure(
 
     meta = {
         "format": REFERENCE_FORMAT,
-        "key": key,
+        "key": _key_of(key_inputs),
+        "key_inputs": key_inputs,
         "params": training_params(params),
         "device": device.type,
         "torch": torch.__version__,
@@ -485,7 +499,8 @@ def build_reference(
     """
     device = pick_device(str(device) if device is not None else None)
     digest = state_digest(classifier) if classifier is not None else None
-    key = reference_cache_key(config, params, device, digest)
+    key_inputs = cache_key_inputs(config, params, device, digest)
+    key = _key_of(key_inputs)
     root = Path(cache_dir) if cache_dir is not None else paths.cache_dir() / "reference"
     entry = root / key
 
@@ -512,7 +527,7 @@ def build_reference(
             from .classifier import load_configured_classifier
 
             classifier = load_configured_classifier(config)
-        meta, states, by_name = _train_and_measure(config, params, key, device, classifier, data_dir, log)
+        meta, states, by_name = _train_and_measure(config, params, key_inputs, device, classifier, data_dir, log)
         _save_entry(entry, meta, states)
         log(f"reference: saved {entry}")
         for model in by_name.values():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -109,6 +110,17 @@ def test_select_betas_lowest_fid_and_factor(config):
 TINY = {"EPOCHS": 1, "TRAIN_SUBSET": 512}
 
 
+@contextlib.contextmanager
+def one_thread():
+    """Train as `grader reference` does (config limits.threads = 1): far faster on shared cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def tiny(config, tmp_path_factory):
     """A real build at a tiny setting, judged by a seeded untrained classifier (no shipped weights
@@ -119,7 +131,8 @@ def tiny(config, tmp_path_factory):
     params = cfg.resolve_parameters(TINY)
     cache = tmp_path_factory.mktemp("reference-cache")
     messages: list[str] = []
-    ref = build_reference(cfg, params, device="cpu", cache_dir=cache, log=messages.append, classifier=classifier)
+    with one_thread():
+        ref = build_reference(cfg, params, device="cpu", cache_dir=cache, log=messages.append, classifier=classifier)
     return cfg, params, classifier, cache, ref, messages
 
 
@@ -181,12 +194,17 @@ def test_corrupt_weights_are_retrained_not_used(tiny, tmp_path):
     raw[len(raw) // 2] ^= 0xFF                     # one flipped byte
     weights.write_bytes(bytes(raw))
     messages: list[str] = []
-    rebuilt = build_reference(cfg, params, device="cpu", cache_dir=tmp_path, log=messages.append, classifier=classifier)
+    with one_thread():
+        rebuilt = build_reference(
+            cfg, params, device="cpu", cache_dir=tmp_path, log=messages.append, classifier=classifier
+        )
     assert not rebuilt.cache_hit
     assert any("corrupt" in m and "sha256" in m for m in messages)
     for role in ref.models:                        # seeded training: the same weights again
         assert _same_weights(rebuilt.models[role], ref.models[role])
-    _load_entry(copy, ref.key, cfg)                # the rewritten entry is sound
+    assert _load_entry(copy, ref.key, cfg).cache_hit   # the rewritten entry is sound
+    meta = json.loads((copy / META_FILE).read_text())
+    assert meta["key_inputs"]["training"]["TRAIN_SUBSET"] == 512 and meta["key_inputs"]["device"] == "cpu"
 
 
 @pytest.mark.slow
