@@ -218,7 +218,7 @@ def evaluate(ctx: GradingContext, notebook: Path, execution: ExecutionResult, ou
     best_beta, source = _best_beta(ctx, student, nb)
     reference = ctx.reference_probe(best_beta)
     measurement = measure(
-        student, reference, ctx.inputs, ctx.judge,
+        student, reference, ctx.reference_probe(None), ctx.inputs, ctx.judge,
         mean_image_mse=ctx.reference.mean_image_mse, good_betas=ctx.reference.good_betas,
         reference_best_beta=ctx.reference.best_beta, best_beta=best_beta, config=ctx.config,
     )

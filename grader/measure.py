@@ -17,7 +17,7 @@ from .classifier import classify
 from .config import AssignmentConfig
 from .probe import MODEL_ROLES, ProbeData, ProbeInputs
 from .records import Metrics, ModelFigures
-from .score import Measurement
+from .score import BEST, Measurement
 
 IMAGE_SIZE = 28 * 28
 
@@ -134,6 +134,7 @@ def _unit(name: str, fn, probe: ProbeData, inputs: ProbeInputs, missing: dict) -
 def measure(
     student: ProbeData,
     reference: ProbeData,
+    reference_best: ProbeData,
     inputs: ProbeInputs,
     judge: Judge,
     *,
@@ -147,6 +148,7 @@ def measure(
     reference_figures, reference_missing = all_model_figures(reference, inputs, judge)
     if reference_missing:  # the grader's own models: a failure here is a bug, not the student's
         raise RuntimeError(f"reference models could not be measured: {reference_missing}")
+    reference_figures[BEST] = model_figures(reference_best, "vae_tuned", inputs, judge)
     for part in ("probe", "inputs"):
         if part in student.errors:
             missing.update({role: student.errors[part] for role in MODEL_ROLES})

@@ -46,6 +46,27 @@ def linear_credit(value: float, full_at: float, zero_at: float) -> float:
     return min(1.0, max(0.0, share))
 
 
+def lower_credit(value: float | None, full_at: float, zero_at: float) -> float:
+    """Credit for a lower-is-better figure. When the reference itself sits beyond the floor (a
+    β so large that the mean image does better), the band keeps a width of 25% past full credit
+    instead of turning upside down."""
+    if value is None or not math.isfinite(value):
+        return 0.0
+    if value <= full_at:
+        return 1.0
+    return linear_credit(value, full_at, max(zero_at, full_at * 1.25))
+
+
+def higher_credit(value: float | None, full_at: float, zero_at: float) -> float:
+    """Credit for a higher-is-better figure; the mirror of lower_credit."""
+    if value is None or not math.isfinite(value):
+        return 0.0
+    if value >= full_at:
+        return 1.0
+    zero_at = min(zero_at, full_at * 0.8)
+    return 0.0 if zero_at >= full_at else linear_credit(value, full_at, zero_at)
+
+
 def _fmt(value: float | None, digits: int = 4) -> str:
     if value is None:
         return "n/a"
@@ -75,6 +96,11 @@ def _not_assessable(check: CheckSpec, m: Measurement) -> CheckResult:
         f"Not assessable at these parameters: {m.assessable_reason}. No points awarded or withheld.",
         assessable=False,
     )
+
+
+# Metrics.reference key of the reference's own best-β VAE: the anchor for "β=0 / β=10 behave as
+# those β should", whatever β the student chose ("vae_tuned" is the reference at the student's β).
+BEST = "vae_best"
 
 
 def _figures(m: Measurement, side: str, role: str) -> ModelFigures:
@@ -126,7 +152,7 @@ def score_reconstruction(check: ReconstructionCheck, m: Measurement) -> CheckRes
     reference = _figures(m, "reference", check.model).mse
     floor = m.metrics.mean_image_mse
     full_at = check.slack * reference
-    share = linear_credit(student, full_at, floor)
+    share = lower_credit(student, full_at, floor)
     band = f"full credit at MSE <= {_fmt(full_at)}, none at >= {_fmt(floor)} (the mean image)"
     message = (
         f"{check.model} test MSE per pixel {_fmt(student)}; reference {_fmt(reference)}; "
@@ -141,10 +167,10 @@ def score_beta0(check: Beta0Check, m: Measurement) -> CheckResult:
     if not m.assessable:
         return _not_assessable(check, m)
     student = _figures(m, "student", check.model)
-    tuned_kl = _figures(m, "reference", "vae_tuned").kl
+    tuned_kl = _figures(m, "reference", BEST).kl
     reference = _figures(m, "reference", check.model)
-    kl_share = linear_credit(student.kl, check.kl_factor * tuned_kl, tuned_kl)
-    mse_share = linear_credit(student.mse, check.slack * reference.mse, m.metrics.mean_image_mse)
+    kl_share = higher_credit(student.kl, check.kl_factor * tuned_kl, tuned_kl)
+    mse_share = lower_credit(student.mse, check.slack * reference.mse, m.metrics.mean_image_mse)
     message = (
         f"beta=0: KL {_fmt(student.kl)} nats (expected far above the tuned reference's {_fmt(tuned_kl)}, "
         f"at least {_fmt(check.kl_factor * tuned_kl)}; reference beta=0: {_fmt(reference.kl)}); "
@@ -161,10 +187,10 @@ def score_beta10(check: Beta10Check, m: Measurement) -> CheckResult:
         return _not_assessable(check, m)
     student = _figures(m, "student", check.model)
     reference = _figures(m, "reference", check.model)
-    tuned = _figures(m, "reference", "vae_tuned")
-    kl_share = linear_credit(student.kl, check.kl_max, max(tuned.kl or 0.0, 2 * check.kl_max))
+    tuned = _figures(m, "reference", BEST)
+    kl_share = lower_credit(student.kl, check.kl_max, max(tuned.kl or 0.0, 2 * check.kl_max))
     # Worse reconstruction than a tuned VAE is the expected behaviour, as far as the reference's.
-    worse_share = linear_credit(student.mse, reference.mse / check.slack, tuned.mse)
+    worse_share = higher_credit(student.mse, reference.mse / check.slack, tuned.mse)
     message = (
         f"beta=10: KL {_fmt(student.kl)} nats (expected near zero, <= {check.kl_max:g}; reference "
         f"{_fmt(reference.kl)}); MSE {_fmt(student.mse)} (reference beta=10 {_fmt(reference.mse)}, "
@@ -180,9 +206,9 @@ def score_samples(check: SampleQualityCheck, m: Measurement) -> CheckResult:
     if not m.assessable:
         return _not_assessable(check, m)
     s, r = _figures(m, "student", check.model), _figures(m, "reference", check.model)
-    fid_share = linear_credit(s.sample_fid, check.slack * r.sample_fid, check.fid_floor_factor * r.sample_fid)
-    conf_share = linear_credit(s.sample_confidence, r.sample_confidence / check.slack, 0.1)
-    cov_share = linear_credit(s.sample_coverage, r.sample_coverage - 0.1, 0.0)
+    fid_share = lower_credit(s.sample_fid, check.slack * r.sample_fid, check.fid_floor_factor * r.sample_fid)
+    conf_share = higher_credit(s.sample_confidence, r.sample_confidence / check.slack, 0.1)
+    cov_share = higher_credit(s.sample_coverage, r.sample_coverage - 0.1, 0.0)
     share = 0.6 * fid_share + 0.2 * conf_share + 0.2 * cov_share
     message = (
         f"Fréchet distance {_fmt(s.sample_fid)} (reference at the same beta {_fmt(r.sample_fid)}), "
@@ -217,8 +243,8 @@ def score_interpolation(check: InterpolationCheck, m: Measurement) -> CheckResul
     shares, parts = [], []
     for role in check.models:
         s, r = _figures(m, "student", role), _figures(m, "reference", role)
-        accept = linear_credit(s.interp_accept, (r.interp_accept or 0.0) / check.slack, 0.0)
-        smooth = linear_credit(s.interp_smoothness, check.slack * (r.interp_smoothness or 1.0), 1.0)
+        accept = higher_credit(s.interp_accept, (r.interp_accept or 0.0) / check.slack, 0.0)
+        smooth = lower_credit(s.interp_smoothness, check.slack * (r.interp_smoothness or 1.0), 1.0)
         shares.append((accept + smooth) / 2)
         parts.append(
             f"{role}: {_fmt(s.interp_accept)} of intermediate images recognised (reference "

@@ -6,7 +6,7 @@ import pytest
 
 from grader.config import load_config
 from grader.records import Metrics, ModelFigures
-from grader.score import Measurement, linear_credit, score_checks, totals
+from grader.score import Measurement, higher_credit, linear_credit, lower_credit, score_checks, totals
 
 CONFIG = load_config()
 
@@ -20,6 +20,15 @@ def test_linear_credit_in_both_directions():
     assert linear_credit(float("nan"), 1, 0) == 0.0
 
 
+def test_bands_never_turn_upside_down():
+    # reference 0.08 beyond the floor 0.067: full credit up to 0.08, zero at 0.1
+    assert lower_credit(0.075, full_at=0.08, zero_at=0.067) == 1.0
+    assert lower_credit(0.09, full_at=0.08, zero_at=0.067) == pytest.approx(0.5)
+    assert higher_credit(0.9, full_at=1.0, zero_at=1.2) == pytest.approx(0.5)
+    assert higher_credit(0.0, full_at=0.0, zero_at=0.0) == 1.0
+    assert lower_credit(None, 1, 2) == 0.0
+
+
 def reference_figures() -> dict[str, ModelFigures]:
     return {
         "ae": ModelFigures(mse=0.02, sample_fid=40, sample_confidence=0.6, sample_coverage=0.8,
@@ -28,6 +37,7 @@ def reference_figures() -> dict[str, ModelFigures]:
         "vae_beta10": ModelFigures(mse=0.085, kl=0.01),
         "vae_tuned": ModelFigures(mse=0.04, kl=25.0, sample_fid=10.0, sample_confidence=0.9,
                                   sample_coverage=1.0, interp_accept=0.8, interp_smoothness=0.2),
+        "vae_best": ModelFigures(mse=0.04, kl=25.0, sample_fid=10.0),
     }
 
 
