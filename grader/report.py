@@ -340,8 +340,23 @@ def answer_items(result: SubmissionResult, config: AssignmentConfig) -> list[dic
     return items
 
 
-def _cell_item(cell: CellRun) -> dict:
-    traceback, dropped = cap_text(strip_ansi(cell.traceback or ""), MAX_TRACEBACK_CHARS, keep="tail")
+LIBRARY_FRAME = re.compile(r"^File .*(site-packages|dist-packages|/lib/python3\.\d+/)")
+
+
+def student_frames(traceback: str) -> str:
+    """The traceback without the frames inside installed libraries (torch's module plumbing
+    fills pages and tells a student nothing); the frames of their own cells stay."""
+    frames = traceback.split("\n\n")
+    kept = [f for f in frames if not LIBRARY_FRAME.match(f.lstrip())]
+    dropped = len(frames) - len(kept)
+    if dropped:
+        kept.insert(min(1, len(kept)), f"({dropped} frame(s) inside libraries left out)")
+    return "\n\n".join(kept)
+
+
+def _cell_item(cell: CellRun, with_traceback: bool = True) -> dict:
+    text = student_frames(strip_ansi(cell.traceback or "")) if with_traceback else ""
+    traceback, dropped = cap_text(text, MAX_TRACEBACK_CHARS, keep="tail")
     head, _ = cap_text(cell.source_head.strip(), MAX_SOURCE_HEAD_CHARS)
     return {
         "index": cell.index,
@@ -364,7 +379,9 @@ def failure_section(result: SubmissionResult) -> dict | None:
         "headline": STATUS_TEXT[result.status],
         "errors": errors,
         "errors_left_out": max(len(result.errors) - MAX_ERRORS, 0),
-        "cells": [_cell_item(c) for c in result.cells if c.status in FAILED_CELL],
+        # The first failure's traceback explains it; later cells usually fail because of it.
+        "cells": [_cell_item(c, with_traceback=i == 0)
+                  for i, c in enumerate(c for c in result.cells if c.status in FAILED_CELL)],
         "lost_checks": [c for c in result.checks
                         if c.assessable and c.points == 0 and MISSING_PART.search(c.message)],
     }

@@ -104,7 +104,10 @@ BEST = "vae_best"
 
 
 def _figures(m: Measurement, side: str, role: str) -> ModelFigures:
-    return getattr(m.metrics, side).get(role) or ModelFigures()
+    figures = getattr(m.metrics, side)
+    if role == BEST and BEST not in figures:  # results written before the anchor existed
+        role = "vae_tuned"
+    return figures.get(role) or ModelFigures()
 
 
 def score_kl(check: KLUnitCheck, m: Measurement) -> CheckResult:
