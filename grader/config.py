@@ -136,6 +136,7 @@ class Question(Strict):
     id: str
     part: str
     match: str          # regex that identifies the question's markdown
+    text: str = ""      # the question as the report shows it
     points: float = Field(gt=0)
     limit: int = Field(gt=0)
 

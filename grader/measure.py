@@ -36,8 +36,9 @@ class Judge:
 
     @classmethod
     def build(cls, classifier: torch.nn.Module, test_images: torch.Tensor, accept_confidence: float) -> "Judge":
-        features = classify(classifier, test_images).features
-        return cls(classifier, metrics.feature_stats(features), accept_confidence)
+        from .reference import feature_stats_of_test_set  # shared with reference building
+
+        return cls(classifier, feature_stats_of_test_set(classifier, test_images), accept_confidence)
 
     def judge(self, images: np.ndarray):
         return classify(self.classifier, torch.from_numpy(images).reshape(-1, 1, 28, 28))

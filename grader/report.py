@@ -321,12 +321,14 @@ def figure_items(result: SubmissionResult, out_dir: Path, config: AssignmentConf
 
 def answer_items(result: SubmissionResult, config: AssignmentConfig) -> list[dict]:
     parts = {q.id: q.part for q in config.questions}
+    questions = {q.id: q.text for q in config.questions}
     items = []
     for answer in result.answers:
         text, dropped = cap_text(answer.text, MAX_ANSWER_CHARS)
         items.append({
             "id": answer.id,
             "part": parts.get(answer.id, ""),
+            "question": questions.get(answer.id, ""),
             "found": answer.found,
             "html": markdown_to_html(text) if answer.found and text.strip() else Markup(""),
             "dropped": dropped,
