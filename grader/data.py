@@ -113,6 +113,7 @@ def _write_stamp(raw: Path) -> None:
 def _atomic_write_bytes(target: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the files from the sandbox's own uid
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, target)
@@ -132,6 +133,7 @@ def _install_verified(target: Path, chunks: Iterable[bytes]) -> str | None:
     digest = hashlib.md5()
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # readable by the sandboxed kernel, which runs as another uid
         with os.fdopen(fd, "wb") as f:
             for chunk in chunks:
                 digest.update(chunk)

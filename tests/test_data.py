@@ -95,6 +95,8 @@ def test_wheel_conversion_gives_canonical_files(wheel_data_dir):
     assert idx_files(target) == sorted(NAMES)
     for name in NAMES:
         assert md5(data.raw_dir(target) / name) == data.MNIST_MD5S[name]
+        # the sandboxed kernel runs as another uid and must be able to read them
+        assert (data.raw_dir(target) / name).stat().st_mode & 0o444 == 0o444
     assert leftovers(target) == []
     assert any("converting" in line for line in lines)
 
@@ -134,6 +136,7 @@ def test_from_user_directory(kind, tmp_path, good_raw, monkeypatch):
     assert returned == tmp_path / "data"
     for name in NAMES:
         assert md5(data.raw_dir(returned) / name) == data.MNIST_MD5S[name]
+        assert (data.raw_dir(returned) / name).stat().st_mode & 0o444 == 0o444
     assert leftovers(returned) == []
     assert sum("copied" in line for line in lines) == 4
 
