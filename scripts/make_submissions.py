@@ -72,8 +72,8 @@ SUBMISSIONS = [
     Submission(
         name="correct.ipynb",
         defect="none",
-        best_beta="2.0",
-        best_beta_line="Best-tune beta = 2.0",
+        best_beta="1.0",
+        best_beta_line="Best-tune beta = 1.0",
         answers={
             "Q1": Answer(
                 "**Answer:** The reconstructions look almost identical to the inputs, but the samples decoded "

@@ -81,7 +81,7 @@ def test_result_json_has_the_documented_fields(graded):
     assert set(result["checks"][0]) >= {"id", "points", "max_points", "message"}
     assert set(result["answers"][0]) >= {"id", "found", "text", "words", "limit", "max_points"}
     assert result["overrides"] == {"EPOCHS": 1, "TRAIN_SUBSET": 2048}
-    assert result["best_beta"] == 2.0 and result["best_beta_source"] == "kernel"
+    assert result["best_beta"] == 1.0 and result["best_beta_source"] == "kernel"
     assert all(a["found"] for a in result["answers"])
     # the student's models were measured next to the reference's
     assert result["metrics"]["student"]["vae_tuned"]["mse"] is not None
