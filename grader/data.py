@@ -29,6 +29,7 @@ import filelock
 import numpy as np
 import torch
 
+from grader import atomic
 from grader.errors import DataError
 from grader.paths import default_data_dir
 
@@ -107,20 +108,7 @@ def _stamp_matches(raw: Path) -> bool:
 
 def _write_stamp(raw: Path) -> None:
     stamp = {name: _file_signature(raw / name) for name in MNIST_MD5S}
-    _atomic_write_bytes(raw / STAMP_NAME, json.dumps(stamp, indent=1).encode())
-
-
-def _atomic_write_bytes(target: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the files from the sandbox's own uid
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic.write_bytes(raw / STAMP_NAME, json.dumps(stamp, indent=1).encode())
 
 
 def _install_verified(target: Path, chunks: Iterable[bytes]) -> str | None:

@@ -18,11 +18,9 @@ from __future__ import annotations
 import asyncio
 import atexit
 import json
-import os
 import re
 import shutil
 import signal
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +35,7 @@ from nbformat import NotebookNode
 
 from .config import AssignmentConfig
 from .errors import GraderError
+from . import atomic
 from .inject import ParametersCellMissing, find_parameters_cell, inject_parameters, is_injected
 from .records import CellRun, ExecutionResult, Status
 from .sandbox import Sandbox, SandboxedKernelManager, SandboxError
@@ -382,18 +381,10 @@ def _overall_status(cells: list[CellRun]) -> Status:
 
 
 def write_notebook_atomic(nb: NotebookNode, path: Path) -> None:
-    """Write nb to path via a temp file and os.replace (mkstemp's O_EXCL refuses planted links)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            nbformat.write(nb, f)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 is for the temp name only
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write nb to path atomically; a directory the student planted under that name goes first."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    atomic.write_text(path, nbformat.writes(nb))
 
 
 # --- the stage ---------------------------------------------------------------------------------

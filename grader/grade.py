@@ -30,7 +30,7 @@ from .config import AssignmentConfig, load_config
 from .errors import GraderError
 from .probe import INPUTS_FILE, OUTPUT_FILE, OUTPUT_JSON, ProbeData, ProbeInputs, load_probe, probe_code
 from .records import Answer, ExecutionResult, SubmissionResult
-from .score import Measurement, score_checks, totals
+from .score import score_checks, totals
 
 Log = Callable[[str], None]
 

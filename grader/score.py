@@ -143,7 +143,7 @@ def score_reparam(check: ReparamUnitCheck, m: Measurement) -> CheckResult:
     if mean_ok and not std_ok:
         message += " The spread is wrong: sigma = exp(log_sigma), eps ~ N(0, I)."
     return _result(check, (mean_ok + std_ok) / 2, message,
-                   band=f"half for the mean, half for the spread")
+                   band="half for the mean, half for the spread")
 
 
 def score_reconstruction(check: ReconstructionCheck, m: Measurement) -> CheckResult:
