@@ -62,6 +62,7 @@ class GradingContext:
     device: str
     template: nbformat.NotebookNode | None
     options: GradeOptions
+    log: Log = print
     _reference_probes: dict = field(default_factory=dict)
 
     @property
@@ -71,12 +72,12 @@ class GradingContext:
         return {k: v for k, v in self.params.items() if defaults.get(k) != v}
 
     def reference_probe(self, beta: float | None) -> ProbeData:
-        """The probe run in-process on the reference models, with vae_tuned nearest to `beta`."""
+        """The probe run in-process on the reference models, with vae_tuned trained at `beta`."""
         from .probe import probe_in_process
 
-        tuned_beta, _ = self.reference.vae_at(beta)
+        tuned_beta, tuned = self.reference.exact_vae(beta, self.data_dir, self.log)
         if tuned_beta not in self._reference_probes:
-            namespace = self.reference.namespace(self.config, tuned_beta)
+            namespace = self.reference.namespace(self.config, tuned_beta, tuned)
             with tempfile.TemporaryDirectory(prefix="grader-ref-probe-") as tmp:
                 self._reference_probes[tuned_beta] = probe_in_process(namespace, self.config, self.inputs, Path(tmp))
         return self._reference_probes[tuned_beta]
@@ -105,7 +106,7 @@ def prepare(options: GradeOptions, log: Log) -> GradingContext:
     handout = config.path(config.assignment.handout)
     template = nbformat.read(handout, as_version=4) if handout.exists() else None
     device = str(pick_device())
-    return GradingContext(config, params, data_dir, inputs, inputs_sha, judge, reference, device, template, options)
+    return GradingContext(config, params, data_dir, inputs, inputs_sha, judge, reference, device, template, options, log)
 
 
 def discover(submissions: Path) -> list[Path]:

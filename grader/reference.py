@@ -18,6 +18,7 @@ import io
 import json
 import math
 import os
+import pickle
 import shutil
 import tempfile
 import time
@@ -29,7 +30,7 @@ from typing import Callable
 import filelock
 import torch
 
-from . import metrics, models, paths
+from . import atomic, metrics, models, paths
 from .config import AssignmentConfig, ParamValue
 from .errors import ConfigError
 from .models import VAE, AutoEncoder, TrainSettings, TrainedModel, pick_device, train_model
@@ -185,11 +186,48 @@ class ReferenceSet:
             nearest = min(self.sweep, key=lambda b: (abs(math.log(b / beta)) if b > 0 else math.inf, b))
         return nearest, self.sweep[nearest]
 
-    def namespace(self, config: AssignmentConfig, tuned_beta: float | None = None) -> dict:
+    def exact_vae(self, beta: float | None, data_dir: Path | None = None, log: Log = print) -> tuple[float, VAE]:
+        """The reference VAE trained at exactly `beta` — the fair comparison for a student's tuned
+        VAE: a β the set already holds is reused; any other is trained once with the set's
+        parameters and kept in the cache entry (entry/extra/). A missing, non-finite or negative
+        β falls back to `vae_at`."""
+        if beta is None or not math.isfinite(beta) or beta < 0 or self.path is None:
+            return self.vae_at(beta)
+        held = {**self.sweep, **{b: self.models[r] for r, b in self.betas.items() if r != "ae" and b is not None}}
+        for known, model in held.items():
+            if math.isclose(known, beta, rel_tol=1e-9, abs_tol=1e-12):
+                return known, model
+        extra = self.path / "extra" / f"{_beta_name(beta)}.pt"
+        extra.parent.mkdir(exist_ok=True)
+        with filelock.FileLock(self.path / "extra.lock"):
+            model = VAE(int(self.params["NZ"]))
+            try:
+                model.load_state_dict(torch.load(extra, map_location="cpu", weights_only=True))
+                return beta, model.eval()
+            except (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError):
+                pass  # not trained yet, or a damaged file: (re)train it
+            from .data import load_mnist
+
+            started = time.perf_counter()
+            train_x = training_subset(load_mnist(train=True, data_dir=data_dir)[0], self.params["TRAIN_SUBSET"])
+            trained = train_model(train_x, reference_params(self.params), beta, pick_device(self.device))
+            buffer = io.BytesIO()
+            torch.save({k: v.detach().cpu() for k, v in trained.model.state_dict().items()}, buffer)
+            atomic.write_bytes(extra, buffer.getvalue())
+            log(f"reference: trained a VAE at beta={beta:g} in {time.perf_counter() - started:.1f} s")
+            return beta, trained.model.eval()
+
+    def namespace(
+        self, config: AssignmentConfig, tuned_beta: float | None = None, tuned: VAE | None = None
+    ) -> dict:
         """The set as a solved notebook's kernel would hold it, under the config's contract names,
-        for the probe; vae_tuned is `vae_at(tuned_beta)` (the best one by default)."""
+        for the probe; vae_tuned is `tuned` if given, else `vae_at(tuned_beta)` (the best one by
+        default)."""
         contract = config.contract
-        beta, tuned = self.vae_at(tuned_beta)
+        beta, nearest = self.vae_at(tuned_beta)
+        if tuned is not None:
+            beta = tuned_beta
+        tuned = tuned if tuned is not None else nearest
         roles = {**self.models, "vae_tuned": tuned}
         names = {contract.model_names()[role]: model for role, model in roles.items()}
         names.update({

@@ -90,10 +90,12 @@ def _unmeasurable(check: CheckSpec, m: Measurement, *parts: str) -> CheckResult 
     return None
 
 
-def _not_assessable(check: CheckSpec, m: Measurement) -> CheckResult:
+def _not_assessable(check: CheckSpec, m: Measurement, *parts: str) -> CheckResult:
+    """Neither awarded nor withheld; what was missing is still said, so the student can fix it."""
+    missing = "".join(f" Also, {part} could not be measured: {m.missing[part]}." for part in parts if part in m.missing)
     return _result(
         check, 0.0,
-        f"Not assessable at these parameters: {m.assessable_reason}. No points awarded or withheld.",
+        f"Not assessable at these parameters: {m.assessable_reason}. No points awarded or withheld.{missing}",
         assessable=False,
     )
 
@@ -147,10 +149,10 @@ def score_reparam(check: ReparamUnitCheck, m: Measurement) -> CheckResult:
 
 
 def score_reconstruction(check: ReconstructionCheck, m: Measurement) -> CheckResult:
+    if not m.assessable:
+        return _not_assessable(check, m, check.model)
     if (early := _unmeasurable(check, m, check.model)):
         return early
-    if not m.assessable:
-        return _not_assessable(check, m)
     student = _figures(m, "student", check.model).mse
     reference = _figures(m, "reference", check.model).mse
     floor = m.metrics.mean_image_mse
@@ -165,10 +167,10 @@ def score_reconstruction(check: ReconstructionCheck, m: Measurement) -> CheckRes
 
 
 def score_beta0(check: Beta0Check, m: Measurement) -> CheckResult:
+    if not m.assessable:
+        return _not_assessable(check, m, check.model)
     if (early := _unmeasurable(check, m, check.model)):
         return early
-    if not m.assessable:
-        return _not_assessable(check, m)
     student = _figures(m, "student", check.model)
     tuned_kl = _figures(m, "reference", BEST).kl
     reference = _figures(m, "reference", check.model)
@@ -184,10 +186,10 @@ def score_beta0(check: Beta0Check, m: Measurement) -> CheckResult:
 
 
 def score_beta10(check: Beta10Check, m: Measurement) -> CheckResult:
+    if not m.assessable:
+        return _not_assessable(check, m, check.model)
     if (early := _unmeasurable(check, m, check.model)):
         return early
-    if not m.assessable:
-        return _not_assessable(check, m)
     student = _figures(m, "student", check.model)
     reference = _figures(m, "reference", check.model)
     tuned = _figures(m, "reference", BEST)
@@ -204,10 +206,10 @@ def score_beta10(check: Beta10Check, m: Measurement) -> CheckResult:
 
 
 def score_samples(check: SampleQualityCheck, m: Measurement) -> CheckResult:
+    if not m.assessable:
+        return _not_assessable(check, m, check.model)
     if (early := _unmeasurable(check, m, check.model)):
         return early
-    if not m.assessable:
-        return _not_assessable(check, m)
     s, r = _figures(m, "student", check.model), _figures(m, "reference", check.model)
     fid_share = lower_credit(s.sample_fid, check.slack * r.sample_fid, check.fid_floor_factor * r.sample_fid)
     conf_share = higher_credit(s.sample_confidence, r.sample_confidence / check.slack, 0.1)
@@ -225,10 +227,10 @@ def score_samples(check: SampleQualityCheck, m: Measurement) -> CheckResult:
 
 def score_best_beta(check: BestBetaCheck, m: Measurement) -> CheckResult:
     good = m.metrics.reference_good_betas
-    if m.best_beta is None:
-        return _result(check, 0.0, "best_beta was not found in the kernel nor in the markdown.")
     if not m.assessable or not good:
         return _not_assessable(check, m)
+    if m.best_beta is None:
+        return _result(check, 0.0, "best_beta was not found in the kernel nor in the markdown.")
     low, high = min(good), max(good)
     ok = low <= m.best_beta <= high
     message = (
@@ -239,10 +241,10 @@ def score_best_beta(check: BestBetaCheck, m: Measurement) -> CheckResult:
 
 
 def score_interpolation(check: InterpolationCheck, m: Measurement) -> CheckResult:
+    if not m.assessable:
+        return _not_assessable(check, m, *check.models)
     if (early := _unmeasurable(check, m, *check.models)):
         return early
-    if not m.assessable:
-        return _not_assessable(check, m)
     shares, parts = [], []
     for role in check.models:
         s, r = _figures(m, "student", role), _figures(m, "reference", role)

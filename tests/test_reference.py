@@ -15,7 +15,7 @@ from grader.classifier import MnistClassifier
 from grader.config import load_config
 from grader.data import load_mnist
 from grader.errors import ConfigError
-from grader.models import VAE, AutoEncoder, TrainSettings
+from grader.models import VAE, AutoEncoder, TrainSettings, train_model
 from grader.reference import (
     META_FILE,
     TRAINING_PARAMS,
@@ -245,3 +245,24 @@ def test_vae_at_picks_the_nearest_sweep_beta_on_a_log_scale(tiny):
     assert ref.vae_at(1.9)[0] == 1.0 and ref.vae_at(2.1)[0] == 4.0 and ref.vae_at(100.0)[0] == 4.0
     assert ref.vae_at(0.0)[0] == 1.0 and ref.vae_at(float("nan"))[0] == ref.best_beta
     assert ref.vae_at(3.0)[1] is ref.sweep[4.0]
+
+
+@pytest.mark.slow
+def test_exact_vae_reuses_held_betas_and_trains_others_once(tiny):
+    _, params, _, _, ref, _ = tiny
+    assert ref.exact_vae(4.0)[1] is ref.sweep[4.0]
+    assert ref.exact_vae(10.0)[1] is ref.models["vae_beta10"]
+    assert ref.exact_vae(None) == ref.vae_at(None)
+    messages: list[str] = []
+    with one_thread():
+        beta, first = ref.exact_vae(2.5, log=messages.append)
+        assert beta == 2.5 and len(messages) == 1 and "beta=2.5" in messages[0]
+        again = ref.exact_vae(2.5, log=messages.append)[1]
+        assert len(messages) == 1 and _same_weights(first, again)  # loaded, not retrained
+        direct = train_model(training_subset(load_mnist(train=True)[0], params["TRAIN_SUBSET"]),
+                             reference_params(params), 2.5, "cpu").model
+        assert _same_weights(first, direct)
+        stored = ref.path / "extra" / "beta=2.5.pt"
+        stored.write_bytes(b"damaged")
+        retrained = ref.exact_vae(2.5, log=messages.append)[1]
+        assert len(messages) == 2 and _same_weights(retrained, first)

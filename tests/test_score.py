@@ -114,7 +114,12 @@ def test_missing_model_costs_only_its_checks():
 def test_not_assessable_neither_awards_nor_withholds():
     m = measurement(ae={"mse": 0.5})
     m.assessable, m.assessable_reason = False, "the reference has not learned"
+    del m.metrics.student["vae_tuned"]
+    m.missing["vae_tuned"] = "NameError: name 'vae_tuned' is not defined"
     checks = by_id(m)
+    # a missing model is still named, but costs nothing the parameters could not assess
+    samples = checks["vae_tuned_samples"]
+    assert not samples.assessable and "name 'vae_tuned' is not defined" in samples.message
     quality = checks["ae_reconstruction"]
     assert not quality.assessable and "Not assessable" in quality.message
     score, max_score = totals(list(checks.values()))
