@@ -287,7 +287,9 @@ def _crashed_result(notebook: Path, exc: BaseException) -> ExecutionResult:
     return ExecutionResult(status="crashed", errors=[f"the grader could not run {notebook.name}: {type(exc).__name__}: {exc}"])
 
 
-def grade_submissions(submissions: Path, options: GradeOptions, log: Log = print) -> list[SubmissionResult]:
+def grade_submissions(
+    submissions: Path, options: GradeOptions, log: Log = print, print_table: bool = True
+) -> list[SubmissionResult]:
     from tqdm import tqdm
 
     notebooks = discover(submissions)
@@ -314,7 +316,8 @@ def grade_submissions(submissions: Path, options: GradeOptions, log: Log = print
         from .report import render_summary
 
         render_summary(results, options.out_dir, ctx.config)
-    print_summary(results, ctx, time.monotonic() - started)
+    if print_table:
+        print_summary(results, ctx, time.monotonic() - started)
     return results
 
 
@@ -339,14 +342,17 @@ def self_check(notebook: Path, options: GradeOptions, log: Log = print) -> Submi
 
     if not notebook.is_file():
         raise GraderError(f"{notebook}: no such notebook")
-    results = grade_submissions(notebook, options, log=log)
+    results = grade_submissions(notebook, options, log=log, print_table=False)
     result = results[0]
     console = Console()
     table = Table(title=f"{notebook.name}: {result.score:g} / {result.max_score:g} automatic points")
     for column in ("check", "points", "message"):
         table.add_column(column)
     for c in result.checks:
-        table.add_row(c.title, f"{c.points:g}/{c.max_points:g}" if c.assessable else "n/a", c.message)
+        if c.assessable:
+            table.add_row(c.title, f"{c.points:g}/{c.max_points:g}", c.message)
+        else:
+            table.add_row(c.title, "n/a", "not assessable at these parameters (the report says why)")
     console.print(table)
     answers = Table(title="Answers (graded by staff)")
     for column in ("question", "found", "words / limit"):
@@ -354,7 +360,8 @@ def self_check(notebook: Path, options: GradeOptions, log: Log = print) -> Submi
     for a in result.answers:
         answers.add_row(a.id, "yes" if a.found else f"no — {a.note}", f"{a.words} / {a.limit}" + (" OVER" if a.over_limit else ""))
     console.print(answers)
-    reduced = ", ".join(f"{k}={v}" for k, v in result.overrides.items())
-    console.print(f"Parameters reduced for a quick check ({reduced}); the final grade runs the full ones.")
+    if result.overrides:
+        changed = ", ".join(f"{k}={v}" for k, v in result.overrides.items())
+        console.print(f"Parameters changed for this check ({changed}); the final grade runs the assignment's own.")
     console.print(f"Report: {options.out_dir / result.submission / 'report.pdf'}")
     return result
