@@ -297,18 +297,16 @@ def grade_submissions(
     started = time.monotonic()
     ctx = prepare(options, log)
     results: list[SubmissionResult] = []
+    grader_failures: list[str] = []
     with ThreadPoolExecutor(max_workers=options.workers) as pool, tqdm(
         total=len(notebooks), desc="grading", unit="nb", file=__import__("sys").stderr
     ) as bar:
         futures = {pool.submit(run_execution, ctx, nb, options.out_dir / nb.stem): nb for nb in notebooks}
         for future in as_completed(futures):
             notebook = futures[future]
-            try:
-                execution = future.result()
-            except Exception as exc:  # one notebook's failure never stops the batch
-                execution = _crashed_result(notebook, exc)
-            results.append(grade_one(ctx, notebook, execution))
-            bar.set_postfix_str(f"{notebook.stem}: {results[-1].status}")
+            result = _grade_safely(ctx, notebook, future, grader_failures, log)
+            results.append(result)
+            bar.set_postfix_str(f"{notebook.stem}: {result.status}")
             bar.update()
     results.sort(key=lambda r: r.submission)
     write_gradebook(options.out_dir / "gradebook.csv", results, ctx.config)
@@ -318,7 +316,34 @@ def grade_submissions(
         render_summary(results, options.out_dir, ctx.config)
     if print_table:
         print_summary(results, ctx, time.monotonic() - started)
+    if grader_failures and len(grader_failures) == len(notebooks):
+        raise GraderError(f"the grader could not grade any notebook; the first problem: {grader_failures[0]}")
     return results
+
+
+def _grade_safely(ctx: GradingContext, notebook: Path, future, failures: list[str], log: Log) -> SubmissionResult:
+    """One notebook's result, whatever went wrong: a failure of the grader itself (the sandbox
+    would not start, a figure could not be drawn) is recorded in that notebook's result and left
+    uncached, so a rerun tries again, and the batch goes on."""
+    try:
+        execution = future.result()
+    except Exception as exc:
+        failures.append(f"{notebook.name}: {type(exc).__name__}: {exc}")
+        execution = _crashed_result(notebook, exc)
+    try:
+        return grade_one(ctx, notebook, execution)
+    except Exception as exc:
+        problem = f"{notebook.name}: the grader failed while evaluating it: {type(exc).__name__}: {exc}"
+        failures.append(problem)
+        log(problem)
+        result = SubmissionResult(
+            submission=notebook.stem, status=execution.status, max_score=ctx.config.max_auto_points,
+            answer_points_pending=ctx.config.max_answer_points, overrides=ctx.overrides,
+            parameters=ctx.params, cells=execution.cells, errors=[*execution.errors, problem],
+            grader_version=__version__, device=ctx.device,
+        )
+        atomic.write_text(ctx.options.out_dir / notebook.stem / "result.json", result.model_dump_json(indent=1))
+        return result
 
 
 def print_summary(results: list[SubmissionResult], ctx: GradingContext, seconds: float) -> None:

@@ -179,3 +179,29 @@ def test_missing_folder_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(GraderError, match="no .ipynb files"):
         grade_submissions(tmp_path / "empty", GradeOptions(out_dir=tmp_path / "out"))
+
+
+def test_a_grader_failure_on_one_notebook_never_stops_the_batch(tmp_path, monkeypatch):
+    import grader.grade as grade_module
+    from grader.errors import GraderError
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("first", "second"):
+        nbformat.write(tiny_notebook("x = 1"), folder / f"{name}.ipynb")
+    real_evaluate = grade_module.evaluate
+
+    def evaluate(ctx, notebook, execution, out):
+        if notebook.stem == "first":
+            raise RuntimeError("figure could not be drawn")
+        return real_evaluate(ctx, notebook, execution, out)
+
+    monkeypatch.setattr(grade_module, "evaluate", evaluate)
+    results = grade(folder, tmp_path / "out")
+    assert results["second"]["status"] == "graded"
+    assert not any("grader failed" in e for e in results["second"]["errors"])
+    assert any("the grader failed while evaluating it: RuntimeError: figure could not be drawn" in e
+               for e in results["first"]["errors"])
+    monkeypatch.setattr(grade_module, "evaluate", lambda *a: (_ for _ in ()).throw(RuntimeError("broken")))
+    with pytest.raises(GraderError, match="could not grade any notebook"):
+        grade(folder, tmp_path / "out2")
