@@ -160,7 +160,8 @@ def score_reconstruction(check: ReconstructionCheck, m: Measurement) -> CheckRes
     share = lower_credit(student, full_at, floor)
     band = f"full credit at MSE <= {_fmt(full_at)}, none at >= {_fmt(floor)} (the mean image)"
     message = (
-        f"{check.model} test MSE per pixel {_fmt(student)}; reference {_fmt(reference)}; "
+        f"{check.model} test MSE per pixel {_fmt(student)}; reference"
+        f"{' at the same beta' if check.model == 'vae_tuned' else ''} {_fmt(reference)}; "
         f"predicting the mean image gives {_fmt(floor)}."
     )
     return _result(check, share, message, band)
