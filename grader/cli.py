@@ -121,12 +121,12 @@ def grade(
     """Grade every notebook: sandboxed run, measurement against the reference, points, PDFs."""
     from .grade import GradeOptions, grade_submissions
 
-    options = GradeOptions(
-        out_dir=out, overrides=_overrides(parameter) if parameter else {}, preset=preset,
-        workers=workers, cell_timeout=cell_timeout, notebook_timeout=timeout,
-        config_path=config, pdf=not no_pdf,
-    )
     try:
+        options = GradeOptions(
+            out_dir=out, overrides=_overrides(parameter), preset=preset,
+            workers=workers, cell_timeout=cell_timeout, notebook_timeout=timeout,
+            config_path=config, pdf=not no_pdf,
+        )
         grade_submissions(submissions, options, log=_log)
     except GraderError as exc:
         _fail(exc)
@@ -143,8 +143,8 @@ def check(
     """Self-check before handing in: the grading pipeline on one notebook, with quick parameters."""
     from .grade import GradeOptions, self_check
 
-    options = GradeOptions(out_dir=out, overrides=_overrides(parameter), preset=preset, config_path=config)
     try:
+        options = GradeOptions(out_dir=out, overrides=_overrides(parameter), preset=preset, config_path=config)
         self_check(notebook, options, log=_log)
     except GraderError as exc:
         _fail(exc)
