@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import Optional
@@ -22,9 +23,18 @@ def _log(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def _fail(exc: GraderError) -> None:
-    typer.secho(f"error: {exc}", fg="red", err=True)
-    raise typer.Exit(2)
+def _user_errors(command):
+    """A GraderError (bad input the user can fix) becomes one red line and exit code 2."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except GraderError as exc:
+            typer.secho(f"error: {exc}", fg="red", err=True)
+            raise typer.Exit(2) from None
+
+    return run
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -34,6 +44,7 @@ def _overrides(pairs: list[str]) -> dict:
 
 
 @app.command()
+@_user_errors
 def data(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="MNIST root (default: the per-user cache)."),
     source: Optional[Path] = typer.Option(None, "--source", help="A directory that already holds the idx files."),
@@ -41,14 +52,12 @@ def data(
     """Provision MNIST (the four canonical idx files, md5-verified) without internet."""
     from .data import ensure_mnist
 
-    try:
-        root = ensure_mnist(data_dir, source_dir=source, log=_log)
-    except GraderError as exc:
-        _fail(exc)
+    root = ensure_mnist(data_dir, source_dir=source, log=_log)
     typer.echo(f"MNIST ready in {root / 'MNIST' / 'raw'}")
 
 
 @classifier_app.command("train")
+@_user_errors
 def classifier_train(
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write the weights (default: the config's)."),
     seed: Optional[int] = typer.Option(None, "--seed"),
@@ -59,54 +68,48 @@ def classifier_train(
     from .classifier import file_sha256, train_classifier
     from .config import load_config
 
-    try:
-        cfg = load_config(config)
-        target = out or cfg.path(cfg.classifier.weights)
-        kwargs = {"seed": cfg.classifier.seed if seed is None else seed, "log": _log}
-        if epochs is not None:
-            kwargs["epochs"] = epochs
-        accuracy = train_classifier(target, **kwargs)
-    except GraderError as exc:
-        _fail(exc)
+    cfg = load_config(config)
+    target = out or cfg.path(cfg.classifier.weights)
+    kwargs = {"seed": cfg.classifier.seed if seed is None else seed, "log": _log}
+    if epochs is not None:
+        kwargs["epochs"] = epochs
+    accuracy = train_classifier(target, **kwargs)
     typer.echo(f"weights {target}\nsha256 {file_sha256(target)}\naccuracy {accuracy:.4f}")
 
 
 @classifier_app.command("evaluate")
+@_user_errors
 def classifier_evaluate(config: Optional[Path] = ConfigOpt) -> None:
     """Accuracy of the shipped (hash-checked) classifier on the 10 000 MNIST test images."""
     from .classifier import evaluate_configured
     from .config import load_config
 
-    try:
-        accuracy = evaluate_configured(load_config(config))
-    except GraderError as exc:
-        _fail(exc)
+    accuracy = evaluate_configured(load_config(config))
     typer.echo(f"accuracy {accuracy:.4f}")
 
 
 @app.command()
+@_user_errors
 def reference(
     parameter: list[str] = ParamOpt,
     preset: Optional[str] = typer.Option(None, "--preset", help="A parameter preset from the config (quick, smoke)."),
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Train (or load from the cache) the solution's AE and VAEs under the given parameters."""
+    import torch
+
     from .config import load_config
     from .reference import build_reference, format_reference_table
 
-    try:
-        cfg = load_config(config)
-        params = cfg.resolve_parameters(_overrides(parameter), preset)
-        import torch
-
-        torch.set_num_threads(cfg.limits.threads)
-        ref = build_reference(cfg, params, log=_log)
-    except GraderError as exc:
-        _fail(exc)
+    cfg = load_config(config)
+    params = cfg.resolve_parameters(_overrides(parameter), preset)
+    torch.set_num_threads(cfg.limits.threads)  # as grading does: fast on shared cores, reproducible
+    ref = build_reference(cfg, params, log=_log)
     typer.echo(format_reference_table(ref))
 
 
 @app.command()
+@_user_errors
 def grade(
     submissions: Path = typer.Argument(..., help="A folder of .ipynb files, or one notebook."),
     out: Path = typer.Option(..., "--out", help="Output folder (gradebook.csv, one folder per submission)."),
@@ -121,18 +124,16 @@ def grade(
     """Grade every notebook: sandboxed run, measurement against the reference, points, PDFs."""
     from .grade import GradeOptions, grade_submissions
 
-    try:
-        options = GradeOptions(
-            out_dir=out, overrides=_overrides(parameter), preset=preset,
-            workers=workers, cell_timeout=cell_timeout, notebook_timeout=timeout,
-            config_path=config, pdf=not no_pdf,
-        )
-        grade_submissions(submissions, options, log=_log)
-    except GraderError as exc:
-        _fail(exc)
+    options = GradeOptions(
+        out_dir=out, overrides=_overrides(parameter), preset=preset,
+        workers=workers, cell_timeout=cell_timeout, notebook_timeout=timeout,
+        config_path=config, pdf=not no_pdf,
+    )
+    grade_submissions(submissions, options, log=_log)
 
 
 @app.command()
+@_user_errors
 def check(
     notebook: Path = typer.Argument(..., help="Your notebook."),
     out: Path = typer.Option(Path("grader-check"), "--out", help="Where the report goes."),
@@ -143,14 +144,12 @@ def check(
     """Self-check before handing in: the grading pipeline on one notebook, with quick parameters."""
     from .grade import GradeOptions, self_check
 
-    try:
-        options = GradeOptions(out_dir=out, overrides=_overrides(parameter), preset=preset, config_path=config)
-        self_check(notebook, options, log=_log)
-    except GraderError as exc:
-        _fail(exc)
+    options = GradeOptions(out_dir=out, overrides=_overrides(parameter), preset=preset, config_path=config)
+    self_check(notebook, options, log=_log)
 
 
 @app.command()
+@_user_errors
 def report(
     out: Path = typer.Argument(..., help="An output folder written by `grader grade`."),
     config: Optional[Path] = ConfigOpt,
@@ -159,10 +158,7 @@ def report(
     from .config import load_config
     from .report import rerender
 
-    try:
-        paths = rerender(out, load_config(config))
-    except GraderError as exc:
-        _fail(exc)
+    paths = rerender(out, load_config(config))
     typer.echo(f"rendered {len(paths)} PDF(s) in {out}")
 
 

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import shutil
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -174,9 +175,12 @@ def run_execution(ctx: GradingContext, notebook: Path, out: Path) -> ExecutionRe
 
 
 def _read_notebook(path: Path) -> nbformat.NotebookNode | None:
+    """The submission for answer extraction; None when execution already found it unreadable."""
+    from .execute import NotebookInvalid, read_notebook
+
     try:
-        return nbformat.read(path, as_version=4)
-    except Exception:
+        return read_notebook(path)
+    except NotebookInvalid:
         return None
 
 
@@ -299,7 +303,7 @@ def grade_submissions(
     results: list[SubmissionResult] = []
     grader_failures: list[str] = []
     with ThreadPoolExecutor(max_workers=options.workers) as pool, tqdm(
-        total=len(notebooks), desc="grading", unit="nb", file=__import__("sys").stderr
+        total=len(notebooks), desc="grading", unit="nb", file=sys.stderr
     ) as bar:
         futures = {pool.submit(run_execution, ctx, nb, options.out_dir / nb.stem): nb for nb in notebooks}
         for future in as_completed(futures):

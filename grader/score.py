@@ -105,6 +105,14 @@ def _not_assessable(check: CheckSpec, m: Measurement, *parts: str) -> CheckResul
 BEST = "vae_best"
 
 
+def _gate(check: CheckSpec, m: Measurement, *parts: str) -> CheckResult | None:
+    """The result of a quality check that cannot be scored: parameters too small to assess, then
+    a part of the student's notebook that could not be measured; None when it can be scored."""
+    if not m.assessable:
+        return _not_assessable(check, m, *parts)
+    return _unmeasurable(check, m, *parts)
+
+
 def _figures(m: Measurement, side: str, role: str) -> ModelFigures:
     figures = getattr(m.metrics, side)
     if role == BEST and BEST not in figures:  # results written before the anchor existed
@@ -149,9 +157,7 @@ def score_reparam(check: ReparamUnitCheck, m: Measurement) -> CheckResult:
 
 
 def score_reconstruction(check: ReconstructionCheck, m: Measurement) -> CheckResult:
-    if not m.assessable:
-        return _not_assessable(check, m, check.model)
-    if (early := _unmeasurable(check, m, check.model)):
+    if (early := _gate(check, m, check.model)):
         return early
     student = _figures(m, "student", check.model).mse
     reference = _figures(m, "reference", check.model).mse
@@ -168,9 +174,7 @@ def score_reconstruction(check: ReconstructionCheck, m: Measurement) -> CheckRes
 
 
 def score_beta0(check: Beta0Check, m: Measurement) -> CheckResult:
-    if not m.assessable:
-        return _not_assessable(check, m, check.model)
-    if (early := _unmeasurable(check, m, check.model)):
+    if (early := _gate(check, m, check.model)):
         return early
     student = _figures(m, "student", check.model)
     tuned_kl = _figures(m, "reference", BEST).kl
@@ -187,9 +191,7 @@ def score_beta0(check: Beta0Check, m: Measurement) -> CheckResult:
 
 
 def score_beta10(check: Beta10Check, m: Measurement) -> CheckResult:
-    if not m.assessable:
-        return _not_assessable(check, m, check.model)
-    if (early := _unmeasurable(check, m, check.model)):
+    if (early := _gate(check, m, check.model)):
         return early
     student = _figures(m, "student", check.model)
     reference = _figures(m, "reference", check.model)
@@ -207,9 +209,7 @@ def score_beta10(check: Beta10Check, m: Measurement) -> CheckResult:
 
 
 def score_samples(check: SampleQualityCheck, m: Measurement) -> CheckResult:
-    if not m.assessable:
-        return _not_assessable(check, m, check.model)
-    if (early := _unmeasurable(check, m, check.model)):
+    if (early := _gate(check, m, check.model)):
         return early
     s, r = _figures(m, "student", check.model), _figures(m, "reference", check.model)
     fid_share = lower_credit(s.sample_fid, check.slack * r.sample_fid, check.fid_floor_factor * r.sample_fid)
@@ -242,9 +242,7 @@ def score_best_beta(check: BestBetaCheck, m: Measurement) -> CheckResult:
 
 
 def score_interpolation(check: InterpolationCheck, m: Measurement) -> CheckResult:
-    if not m.assessable:
-        return _not_assessable(check, m, *check.models)
-    if (early := _unmeasurable(check, m, *check.models)):
+    if (early := _gate(check, m, *check.models)):
         return early
     shares, parts = [], []
     for role in check.models:
