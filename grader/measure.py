@@ -1,7 +1,8 @@
-"""Measure: metrics of the student's and the reference's models, from the probe's tensors.
+"""Measure: metrics of the student's and the reference's models, from their outputs.
 
-Everything here runs in the grader's process on arrays the probe handed back; the classifier
-judges samples and interpolations. A part the probe could not produce is reported in
+Everything here runs in the grader's process on outputs of models the grader built and ran
+itself (probe.probe_models; the student's from their weights) and on the unit checker's arrays;
+the classifier judges samples and interpolations, an image bank spots memorised samples. A part the probe could not produce is reported in
 `Measurement.missing` with the reason, and costs only the checks that depend on it.
 """
 
@@ -15,9 +16,10 @@ import torch
 from . import metrics
 from .classifier import classify
 from .config import AssignmentConfig
-from .probe import MODEL_ROLES, ProbeData, ProbeInputs
-from .records import Metrics, ModelFigures
+from .probe import ProbeData, ProbeInputs
+from .records import KLUnitFigures, Metrics, ModelFigures, ReparamUnitFigures
 from .score import BEST, Measurement
+from .unitcheck import UnitInputs
 
 IMAGE_SIZE = 28 * 28
 
@@ -33,12 +35,17 @@ class Judge:
     classifier: torch.nn.Module
     test_stats: metrics.FeatureStats
     accept_confidence: float = 0.5
+    bank: metrics.ImageBank | None = None   # every MNIST image, for spotting memorised samples
+    memorised_distance: float = 0.025
 
     @classmethod
-    def build(cls, classifier: torch.nn.Module, test_images: torch.Tensor, accept_confidence: float) -> "Judge":
+    def build(cls, classifier: torch.nn.Module, test_images: torch.Tensor, accept_confidence: float,
+              real_images: torch.Tensor | None = None, memorised_distance: float = 0.025) -> "Judge":
         from .reference import feature_stats_of_test_set  # shared with reference building
 
-        return cls(classifier, feature_stats_of_test_set(classifier, test_images), accept_confidence)
+        bank = metrics.ImageBank.of(real_images) if real_images is not None else None
+        return cls(classifier, feature_stats_of_test_set(classifier, test_images), accept_confidence,
+                   bank, memorised_distance)
 
     def judge(self, images: np.ndarray):
         return classify(self.classifier, torch.from_numpy(images).reshape(-1, 1, 28, 28))
@@ -56,7 +63,15 @@ def as_images(array: np.ndarray | None, rows: int, what: str) -> np.ndarray:
     return images
 
 
-def model_figures(probe: ProbeData, role: str, inputs: ProbeInputs, judge: Judge) -> ModelFigures:
+def endpoint_share(probs: torch.Tensor, pairs: int, steps: int, start_label: int, end_label: int) -> float:
+    """Share of interpolation paths whose two ends decode to digits of their own classes: a path
+    between blobs that the classifier calls anything is no interpolation between two digits."""
+    labels = probs.reshape(pairs, steps, -1).argmax(dim=2)
+    return ((labels[:, 0] == start_label) & (labels[:, -1] == end_label)).double().mean().item()
+
+
+def model_figures(probe: ProbeData, role: str, inputs: ProbeInputs, judge: Judge,
+                  check_memorisation: bool = False) -> ModelFigures:
     """Every figure of one model; raises ShapeError naming the first array that is wrong."""
     n_test = len(inputs.test_x)
     recon = as_images(probe.get(f"{role}.recon"), n_test, f"{role}.decode(encode(x))")
@@ -73,63 +88,73 @@ def model_figures(probe: ProbeData, role: str, inputs: ProbeInputs, judge: Judge
     figures.sample_confidence = quality.mean_confidence
     figures.sample_coverage = quality.coverage
     figures.sample_fid = metrics.frechet_distance_from_stats(metrics.feature_stats(judged.features), judge.test_stats)
+    if check_memorisation and judge.bank is not None:
+        figures.sample_memorised = metrics.memorised_share(samples, judge.bank, judge.memorised_distance)
     pairs, steps = len(inputs.interp_start), len(inputs.interp_alpha)
     paths = as_images(probe.get(f"{role}.interp"), pairs * steps, f"{role} interpolation")
-    interp = metrics.interpolation_quality(
-        paths.reshape(pairs, steps, 1, 28, 28), judge.judge(paths).probs, judge.accept_confidence
-    )
+    probs = judge.judge(paths).probs
+    interp = metrics.interpolation_quality(paths.reshape(pairs, steps, 1, 28, 28), probs, judge.accept_confidence)
     figures.interp_accept, figures.interp_smoothness = interp.accept, interp.smoothness
+    figures.interp_endpoints = endpoint_share(probs, pairs, steps, inputs.start_label, inputs.end_label)
     return figures
 
 
-def all_model_figures(probe: ProbeData, inputs: ProbeInputs, judge: Judge) -> tuple[dict[str, ModelFigures], dict[str, str]]:
+def _sample_roles(config: AssignmentConfig) -> set[str]:
+    """The models whose samples earn points: only those are searched for memorised images."""
+    return {c.model for c in config.checks if c.kind == "sample_quality"}
+
+
+def all_model_figures(probe: ProbeData, inputs: ProbeInputs, judge: Judge, config: AssignmentConfig,
+                      check_memorisation: bool = True) -> tuple[dict[str, ModelFigures], dict[str, str]]:
     figures, missing = {}, {}
-    for role in MODEL_ROLES:
+    memorisation_roles = _sample_roles(config) if check_memorisation else set()
+    for role in config.contract.model_names():
         if role in probe.errors:
             missing[role] = probe.errors[role]
             continue
         try:
-            figures[role] = model_figures(probe, role, inputs, judge)
+            figures[role] = model_figures(probe, role, inputs, judge, role in memorisation_roles)
         except (ShapeError, ValueError) as exc:
             missing[role] = str(exc)
     return figures, missing
 
 
-def kl_unit(probe: ProbeData, inputs: ProbeInputs) -> dict[str, float | None]:
+def kl_unit(probe: ProbeData, inputs: UnitInputs) -> KLUnitFigures:
     values = probe.get("kl_unit")
     if values is None:
         raise ShapeError("kl_divergence returned nothing")
     error = metrics.kl_relative_error(values, inputs.kl_mu, inputs.kl_log_sigma)
-    return {
-        "max_rel_error": error,
-        "student_mean": float(np.mean(values)),
-        "analytic_mean": float(metrics.kl_to_standard_normal(inputs.kl_mu, inputs.kl_log_sigma).mean()),
-    }
+    return KLUnitFigures(
+        rows=len(inputs.kl_mu),
+        max_rel_error=error,
+        student_mean=float(np.mean(values)),
+        analytic_mean=float(metrics.kl_to_standard_normal(inputs.kl_mu, inputs.kl_log_sigma).mean()),
+    )
 
 
-def reparam_unit(probe: ProbeData, inputs: ProbeInputs) -> dict[str, float | None]:
+def reparam_unit(probe: ProbeData, inputs: UnitInputs) -> ReparamUnitFigures:
     draws = probe.get("reparam_unit")
     if draws is None or draws.shape != inputs.reparam_mu.shape:
         shape = None if draws is None else list(draws.shape)
         raise ShapeError(f"reparameterize returned shape {shape}, expected {list(inputs.reparam_mu.shape)}")
     stats = metrics.reparam_stats(draws, inputs.reparam_mu, inputs.reparam_log_sigma)
-    return {
-        "mean_error": stats.mean_z_error,
-        "std_error": stats.std_ratio_error,
-        "no_noise": float(stats.identical_to_mu),
-        "draws": float(stats.draws),
-    }
+    return ReparamUnitFigures(
+        mean_error=stats.mean_z_error,
+        std_error=stats.std_ratio_error,
+        no_noise=bool(stats.identical_to_mu),
+        draws=int(stats.draws),
+    )
 
 
-def _unit(name: str, fn, probe: ProbeData, inputs: ProbeInputs, missing: dict) -> dict:
+def _unit(name: str, fn, probe: ProbeData, inputs: UnitInputs, missing: dict):
     if name in probe.errors:
         missing[name] = probe.errors[name]
-        return {}
+        return None
     try:
         return fn(probe, inputs)
     except (ShapeError, ValueError) as exc:
         missing[name] = str(exc)
-        return {}
+        return None
 
 
 def measure(
@@ -137,6 +162,7 @@ def measure(
     reference: ProbeData,
     reference_best: ProbeData,
     inputs: ProbeInputs,
+    unit_inputs: UnitInputs,
     judge: Judge,
     *,
     mean_image_mse: float,
@@ -145,20 +171,20 @@ def measure(
     best_beta: float | None,
     config: AssignmentConfig,
 ) -> Measurement:
-    student_figures, missing = all_model_figures(student, inputs, judge)
-    reference_figures, reference_missing = all_model_figures(reference, inputs, judge)
+    student_figures, missing = all_model_figures(student, inputs, judge, config)
+    reference_figures, reference_missing = all_model_figures(reference, inputs, judge, config, check_memorisation=False)
     if reference_missing:  # the grader's own models: a failure here is a bug, not the student's
         raise RuntimeError(f"reference models could not be measured: {reference_missing}")
-    reference_figures[BEST] = model_figures(reference_best, "vae_tuned", inputs, judge)
-    for part in ("probe", "inputs"):
-        if part in student.errors:
-            missing.update({role: student.errors[part] for role in MODEL_ROLES})
+    tuned_role = next(iter(_sample_roles(config)), "vae_tuned")
+    reference_figures[BEST] = model_figures(reference_best, tuned_role, inputs, judge)
+    if "probe" in student.errors:
+        missing.update({role: student.errors["probe"] for role in config.contract.model_names() if role not in missing})
     result = Metrics(
         student=student_figures,
         reference=reference_figures,
         mean_image_mse=mean_image_mse,
-        kl_unit=_unit("kl_divergence", kl_unit, student, inputs, missing),
-        reparam_unit=_unit("reparameterize", reparam_unit, student, inputs, missing),
+        kl_unit=_unit("kl_divergence", kl_unit, student, unit_inputs, missing),
+        reparam_unit=_unit("reparameterize", reparam_unit, student, unit_inputs, missing),
         reference_good_betas=sorted(good_betas),
         reference_best_beta=reference_best_beta,
     )

@@ -1,33 +1,40 @@
-"""The probe: grader-owned code that runs the student's models on fixed inputs.
+"""The probe: what the grader takes out of a student's kernel, and how it measures models.
 
-It runs inside the student's kernel after their cells and hands back tensors only (an npz read
-with allow_pickle=False and a JSON of plain values); every metric is computed later, in the
-grader's process. The very same function runs in-process on the reference models, so student and
-reference are treated identically.
+Nothing that is scored is computed in the student's process. After the student's cells, grader
+code in the kernel (the *export*) hands back only plain data: each model's weights as tensors
+(`state_dict`, an npz read without pickle) and plain values (best_beta, training histories). The
+grader then loads those weights into its own copy of the architecture the handout prescribes
+(`weights.py`) and runs them here, on fixed inputs the kernel never saw (`probe_models`), through
+the very function it uses for its reference models. A patched numpy, a rewritten probe, a lookup
+table or an object that lies about its type can change only the weights handed back, and weights
+earn what they are worth in the prescribed architecture.
+
+The student's functions (KL, reparameterization) are checked by `unitcheck.py` in a fresh process.
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from numpy.lib import format as npy_format
 
 from .config import AssignmentConfig
 
-INPUTS_FILE = "probe_inputs.npz"
-OUTPUT_FILE = "probe.npz"
-OUTPUT_JSON = "probe.json"
-MODEL_ROLES = ("ae", "vae_beta0", "vae_beta10", "vae_tuned")
+WEIGHTS_FILE = "weights.npz"
+VALUES_FILE = "probe.json"
+MAX_VALUES_BYTES = 5_000_000
 
 
 @dataclass
 class ProbeInputs:
-    """Fixed inputs, the same for every submission graded under the same parameters."""
+    """Fixed inputs, the same for every submission graded under the same parameters; they stay in
+    the grader's process (the kernel never sees them)."""
 
     test_x: np.ndarray        # [n_test, 1, 28, 28] float32
     test_y: np.ndarray        # [n_test] int64
@@ -35,33 +42,22 @@ class ProbeInputs:
     interp_start: np.ndarray  # [P, 1, 28, 28] test images of START_LABEL
     interp_end: np.ndarray    # [P, 1, 28, 28] test images of END_LABEL
     interp_alpha: np.ndarray  # [S] from 0 to 1
-    kl_mu: np.ndarray         # [64, NZ]
-    kl_log_sigma: np.ndarray
-    reparam_mu: np.ndarray    # [n_reparam, NZ], every row the same
-    reparam_log_sigma: np.ndarray
-
-    def save(self, path: Path) -> str:
-        """Write the npz and return its SHA-256 (the probe refuses a modified file)."""
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **self.__dict__)
-        tmp.replace(path)
-        path.chmod(0o644)
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+    start_label: int = 0
+    end_label: int = 0
 
 
 def make_probe_inputs(
     config: AssignmentConfig, params: dict, test_x: torch.Tensor, test_y: torch.Tensor
 ) -> ProbeInputs:
     spec = config.probe
-    nz = int(params["NZ"])
+    nz = int(params[config.architecture.latent])
     rng = np.random.default_rng(spec.seed)
     x = test_x.numpy().astype(np.float32)
     y = test_y.numpy().astype(np.int64)
     chosen = np.sort(rng.choice(len(x), size=min(spec.n_test, len(x)), replace=False))
-    starts = _pick_label(rng, y, int(params["START_LABEL"]), spec.n_interp_pairs)
-    ends = _pick_label(rng, y, int(params["END_LABEL"]), spec.n_interp_pairs)
-    reparam_mu = rng.normal(0.0, 1.0, size=nz).astype(np.float32)
-    reparam_log_sigma = rng.uniform(-1.5, 0.5, size=nz).astype(np.float32)
+    start_label, end_label = (int(params[name]) for name in config.probe.interp_labels)
+    starts = _pick_label(rng, y, start_label, spec.n_interp_pairs)
+    ends = _pick_label(rng, y, end_label, spec.n_interp_pairs)
     return ProbeInputs(
         test_x=x[chosen],
         test_y=y[chosen],
@@ -69,10 +65,8 @@ def make_probe_inputs(
         interp_start=x[starts],
         interp_end=x[ends],
         interp_alpha=np.linspace(0.0, 1.0, spec.interp_steps, dtype=np.float32),
-        kl_mu=rng.normal(0.0, 1.5, size=(64, nz)).astype(np.float32),
-        kl_log_sigma=rng.uniform(-2.0, 1.0, size=(64, nz)).astype(np.float32),
-        reparam_mu=np.tile(reparam_mu, (spec.n_reparam, 1)),
-        reparam_log_sigma=np.tile(reparam_log_sigma, (spec.n_reparam, 1)),
+        start_label=start_label,
+        end_label=end_label,
     )
 
 
@@ -83,13 +77,15 @@ def _pick_label(rng: np.random.Generator, labels: np.ndarray, label: int, count:
     return rng.choice(candidates, size=count, replace=len(candidates) < count)
 
 
-def run_probe(namespace: dict, spec: dict, workdir: str = ".") -> None:
-    """Runs the models and functions named in `spec` on the fixed inputs; writes npz + json.
+# --- in the kernel ------------------------------------------------------------------------------
 
-    Self-contained (its imports inside) because its source is sent to the student's kernel.
-    Each part is tried on its own, so one broken model costs only what depends on it.
+
+def run_export(namespace: dict, spec: dict, workdir: str = ".") -> None:
+    """Hands back each model's weights (tensors only) and plain values; computes nothing.
+
+    Self-contained (its imports inside) because its source is sent to the student's kernel. What
+    it writes is untrusted all the same: the grader bounds and validates every byte it reads.
     """
-    import hashlib
     import json
     import math
     import os
@@ -97,97 +93,39 @@ def run_probe(namespace: dict, spec: dict, workdir: str = ".") -> None:
     import numpy as np
     import torch
 
-    inputs_path = os.path.join(workdir, spec["inputs_file"])
     arrays, errors, values = {}, {}, {}
-    with open(inputs_path, "rb") as handle:
-        raw = handle.read()
-    if spec.get("inputs_sha256") and hashlib.sha256(raw).hexdigest() != spec["inputs_sha256"]:
-        errors["inputs"] = "the grader's probe inputs were modified during the run"
-    else:
-        data = dict(np.load(inputs_path, allow_pickle=False))
 
-        def tensor(name, device="cpu"):
-            return torch.from_numpy(data[name]).to(device)
+    def export_model(role, var):
+        model = namespace.get(var)
+        if model is None:
+            raise NameError(f"name {var!r} is not defined")
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"{var} is a {type(model).__name__}, not a torch.nn.Module")
+        total = 0
+        for name, tensor in model.state_dict().items():
+            if not isinstance(tensor, torch.Tensor):
+                raise TypeError(f"{var}.state_dict()[{name!r}] is not a tensor")
+            total += tensor.numel()
+            if total > spec["max_elements"]:
+                raise ValueError(f"{var} has more than {spec['max_elements']} weights")
+            arrays[f"{role}/{name}"] = tensor.detach().to("cpu", torch.float32).numpy()
 
-        def numpy_of(t):
-            if isinstance(t, (tuple, list)):
-                raise TypeError(f"expected a tensor, got a {type(t).__name__} of {len(t)}")
-            return t.detach().to("cpu", torch.float32).numpy()
+    for role, var in spec["models"].items():
+        try:
+            export_model(role, var)
+        except Exception as exc:  # the student's objects may raise anything
+            errors[role] = f"{type(exc).__name__}: {exc}"[:500]
+            for key in [k for k in arrays if k.startswith(role + "/")]:
+                del arrays[key]
 
-        def attempt(key, fn):
-            try:
-                fn()
-            except Exception as exc:  # the student's code may raise anything
-                errors[key] = f"{type(exc).__name__}: {exc}"[:500]
-
-        def probe_model(role, var):
-            model = namespace.get(var)
-            if model is None:
-                raise NameError(f"name {var!r} is not defined")
-            if hasattr(model, "eval"):
-                model.eval()
-            try:
-                device = next(model.parameters()).device
-            except Exception:
-                device = torch.device("cpu")
-
-            def code_of(x):
-                encoded = model.encode(x)
-                if role == "ae":
-                    return encoded, None
-                if not isinstance(encoded, (tuple, list)) or len(encoded) != 2:
-                    raise TypeError("encode(x) should return (mu, log_sigma)")
-                return encoded[0], encoded[1]
-
-            with torch.no_grad():
-                mu, log_sigma = code_of(tensor("test_x", device))
-                arrays[f"{role}.recon"] = numpy_of(model.decode(mu))
-                arrays[f"{role}.z"] = numpy_of(mu)
-                if log_sigma is not None:
-                    arrays[f"{role}.log_sigma"] = numpy_of(log_sigma)
-                arrays[f"{role}.samples"] = numpy_of(model.decode(tensor("prior_z", device)))
-                za, _ = code_of(tensor("interp_start", device))
-                zb, _ = code_of(tensor("interp_end", device))
-                alpha = tensor("interp_alpha", device).view(1, -1, 1)
-                path = za.unsqueeze(1) * (1 - alpha) + zb.unsqueeze(1) * alpha
-                decoded = model.decode(path.reshape(-1, path.shape[-1]))
-                arrays[f"{role}.interp"] = numpy_of(decoded).reshape(path.shape[0], path.shape[1], -1)
-
-        for role, var in spec["models"].items():
-            attempt(role, lambda role=role, var=var: probe_model(role, var))
-
-        def call(var, *args):
-            fn = namespace.get(var)
-            if fn is None:
-                raise NameError(f"name {var!r} is not defined")
-            return fn(*args)
-
-        def probe_kl():
-            with torch.no_grad():
-                arrays["kl_unit"] = numpy_of(call(spec["kl_divergence"], tensor("kl_mu"), tensor("kl_log_sigma")))
-
-        def probe_reparam():
-            torch.manual_seed(spec["seed"])
-            with torch.no_grad():
-                arrays["reparam_unit"] = numpy_of(
-                    call(spec["reparameterize"], tensor("reparam_mu"), tensor("reparam_log_sigma"))
-                )
-
-        def probe_rec_loss():
-            x = tensor("test_x")[:64]
-            with torch.no_grad():
-                arrays["rec_loss_unit"] = numpy_of(call(spec["reconstruction_loss"], x.flip(0), x))
-
-        attempt("kl_divergence", probe_kl)
-        attempt("reparameterize", probe_reparam)
-        attempt("reconstruction_loss", probe_rec_loss)
-
-    def plain(value):
+    def plain(value, depth=0):
         """JSON-able copy of a history (numbers, lists, dicts), or raise."""
+        if depth > 4:
+            raise TypeError("nested too deeply")
         if isinstance(value, dict):
-            return {str(k): plain(v) for k, v in value.items()}
+            return {str(k)[:50]: plain(v, depth + 1) for k, v in list(value.items())[: spec["max_history"]]}
         if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
+            return [plain(v, depth + 1) for v in list(value)[: spec["max_history"]]]
         if hasattr(value, "item"):
             value = value.item()
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -201,47 +139,118 @@ def run_probe(namespace: dict, spec: dict, workdir: str = ".") -> None:
         values["best_beta"] = float(beta) if beta is not None else None
     except (TypeError, ValueError):
         errors["best_beta"] = f"{spec['best_beta']} is not a number: {beta!r}"[:200]
-    for key in ("ae_history", "vae_histories"):
-        if namespace.get(spec[key]) is not None:
-            try:
-                values[key] = plain(namespace[spec[key]])
-            except Exception as exc:
-                errors[key] = f"{type(exc).__name__}: {exc}"[:200]
-    np.savez(os.path.join(workdir, spec["output_file"]), **arrays)
-    with open(os.path.join(workdir, spec["output_json"]), "w") as handle:
+    for key, var in spec["histories"].items():
+        history = namespace.get(var)
+        if history is None:
+            continue
+        try:
+            if hasattr(history, "__len__") and len(history) > spec["max_history"]:
+                errors[key] = f"{var} has {len(history)} entries; the first {spec['max_history']} are drawn"
+            values[key] = plain(history)
+        except Exception as exc:
+            errors[key] = f"{type(exc).__name__}: {exc}"[:200]
+    np.savez(os.path.join(workdir, spec["weights_file"]), **arrays)
+    with open(os.path.join(workdir, spec["values_file"]), "w") as handle:
         json.dump({"errors": errors, "values": values}, handle)
 
 
-def probe_spec(config: AssignmentConfig, inputs_sha256: str | None) -> dict:
+def export_spec(config: AssignmentConfig) -> dict:
     contract = config.contract
     return {
         "models": contract.model_names(),
-        "kl_divergence": contract.kl_divergence,
-        "reparameterize": contract.reparameterize,
-        "reconstruction_loss": contract.reconstruction_loss,
         "best_beta": contract.best_beta,
-        "ae_history": contract.ae_history,
-        "vae_histories": contract.vae_histories,
-        "seed": config.probe.seed,
-        "inputs_file": INPUTS_FILE,
-        "inputs_sha256": inputs_sha256,
-        "output_file": OUTPUT_FILE,
-        "output_json": OUTPUT_JSON,
+        "histories": {"ae_history": contract.ae_history, "vae_histories": contract.vae_histories},
+        "max_history": config.probe.max_history_epochs,
+        # float32 weights; the bound keeps a hostile export from filling memory or disk
+        "max_elements": config.probe.max_export_mb * (1 << 20) // 4 // max(len(contract.model_names()), 1),
+        "weights_file": WEIGHTS_FILE,
+        "values_file": VALUES_FILE,
     }
 
 
-def probe_code(config: AssignmentConfig, inputs_sha256: str) -> str:
-    """Source sent to the kernel: the probe function, then one call on the kernel's globals."""
-    spec = json.dumps(probe_spec(config, inputs_sha256))
+def export_code(config: AssignmentConfig) -> str:
+    """Source sent to the kernel: the export function, then one call on the kernel's globals."""
+    spec = json.dumps(export_spec(config))
     return (
-        inspect.getsource(run_probe)
-        + f"\nrun_probe(globals(), __import__('json').loads({spec!r}))\ndel run_probe\n"
+        inspect.getsource(run_export)
+        + f"\nrun_export(globals(), __import__('json').loads({spec!r}))\ndel run_export\n"
     )
+
+
+# --- back in the grader ---------------------------------------------------------------------------
+
+
+@dataclass
+class KernelExport:
+    """What the kernel handed back, bounded and validated: weights per role, plain values, and
+    why a part is missing."""
+
+    weights: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)   # role -> name -> array
+    values: dict = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+class ExportTooLarge(ValueError):
+    pass
+
+
+def read_npz_bounded(path: Path, max_bytes: int) -> dict[str, np.ndarray]:
+    """The arrays of an npz, refusing before any decompression anything whose declared sizes or
+    array headers pass max_bytes in all (a few MB of compressed zeros can hold gigabytes)."""
+    if path.is_symlink() or not path.is_file():
+        raise ValueError(f"{path.name} is not a regular file")
+    if path.stat().st_size > max_bytes:
+        raise ExportTooLarge(f"{path.name} is larger than {max_bytes} bytes")
+    arrays: dict[str, np.ndarray] = {}
+    with zipfile.ZipFile(path) as archive:
+        infos = archive.infolist()
+        if sum(info.file_size for info in infos) > max_bytes:
+            raise ExportTooLarge(f"{path.name} unpacks to more than {max_bytes} bytes")
+        for info in infos:
+            with archive.open(info) as member:
+                version = npy_format.read_magic(member)
+                read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+                shape, fortran, dtype = read_header(member)
+                if dtype.hasobject:
+                    raise ValueError(f"{info.filename}: object arrays are not accepted")
+                count = int(np.prod(shape, dtype=np.int64))
+                if count * dtype.itemsize > info.file_size:
+                    raise ExportTooLarge(f"{info.filename}: its header claims more data than it holds")
+                data = np.frombuffer(member.read(count * dtype.itemsize), dtype=dtype, count=count)
+                order = "F" if fortran else "C"
+                arrays[info.filename.removesuffix(".npy")] = data.reshape(shape, order=order)
+    return arrays
+
+
+def load_export(workdir: Path, config: AssignmentConfig) -> KernelExport:
+    """Read the export's files; anything missing, oversized or malformed becomes an error entry."""
+    export = KernelExport()
+    max_bytes = config.probe.max_export_mb << 20
+    try:
+        flat = read_npz_bounded(workdir / WEIGHTS_FILE, max_bytes)
+        values_path = workdir / VALUES_FILE
+        if values_path.is_symlink() or values_path.stat().st_size > MAX_VALUES_BYTES:
+            raise ExportTooLarge(f"{VALUES_FILE} is larger than {MAX_VALUES_BYTES} bytes or not a file")
+        parsed = json.loads(values_path.read_text())
+        export.errors = {str(k): str(v)[:1000] for k, v in dict(parsed.get("errors", {})).items()}
+        export.values = dict(parsed.get("values", {}))
+    except Exception as exc:
+        export.errors["probe"] = f"the kernel's export could not be read: {type(exc).__name__}: {exc}"
+        return export
+    for key, array in flat.items():
+        role, _, name = key.partition("/")
+        if role in config.contract.model_names() and name:
+            export.weights.setdefault(role, {})[name] = array
+    return export
+
+
+# --- measuring models (students' rebuilt ones and the reference's alike) ------------------------
 
 
 @dataclass
 class ProbeData:
-    """What the probe handed back: arrays by name, errors by part, plain values."""
+    """Model outputs on the fixed inputs, by "role.what" (recon, z, log_sigma, samples, interp),
+    unit-check outputs by check ("kl_unit", "reparam_unit"), errors by part, plain values."""
 
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
@@ -251,29 +260,41 @@ class ProbeData:
         return self.arrays.get(name)
 
 
-MAX_PROBE_BYTES = 200_000_000
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float32).numpy()
 
 
-def load_probe(workdir: Path) -> ProbeData:
-    """Read the probe's files without pickle; a missing or bad file becomes an error entry."""
+@torch.no_grad()
+def probe_model(model: torch.nn.Module, kind: str, inputs: ProbeInputs) -> dict[str, np.ndarray]:
+    """One model's outputs on the fixed inputs: reconstructions (decoding the code / mu), codes,
+    prior samples, interpolation paths between codes."""
+    model = model.eval()
+
+    def code_of(x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        encoded = model.encode(torch.from_numpy(x))
+        return (encoded, None) if kind == "ae" else (encoded[0], encoded[1])
+
+    mu, log_sigma = code_of(inputs.test_x)
+    out = {"recon": _numpy(model.decode(mu)), "z": _numpy(mu)}
+    if log_sigma is not None:
+        out["log_sigma"] = _numpy(log_sigma)
+    out["samples"] = _numpy(model.decode(torch.from_numpy(inputs.prior_z)))
+    za, _ = code_of(inputs.interp_start)
+    zb, _ = code_of(inputs.interp_end)
+    alpha = torch.from_numpy(inputs.interp_alpha).view(1, -1, 1)
+    path = za.unsqueeze(1) * (1 - alpha) + zb.unsqueeze(1) * alpha
+    decoded = model.decode(path.reshape(-1, path.shape[-1]))
+    out["interp"] = _numpy(decoded).reshape(path.shape[0], path.shape[1], -1)
+    return out
+
+
+def probe_models(models: dict[str, torch.nn.Module], config: AssignmentConfig, inputs: ProbeInputs) -> ProbeData:
+    """Every model's outputs, in the grader's process, on models the grader built."""
     data = ProbeData()
-    npz, js = workdir / OUTPUT_FILE, workdir / OUTPUT_JSON
-    try:
-        if npz.stat().st_size > MAX_PROBE_BYTES:
-            raise ValueError(f"{npz.name} is larger than {MAX_PROBE_BYTES} bytes")
-        with np.load(npz, allow_pickle=False) as loaded:
-            data.arrays = {k: np.asarray(loaded[k], dtype=np.float32) for k in loaded.files}
-        parsed = json.loads(js.read_text()[:5_000_000])
-        data.errors = {str(k): str(v) for k, v in dict(parsed.get("errors", {})).items()}
-        data.values = dict(parsed.get("values", {}))
-    except Exception as exc:
-        data.errors["probe"] = f"the probe's output could not be read: {type(exc).__name__}: {exc}"
+    for role, model in models.items():
+        try:
+            for what, array in probe_model(model, config.architecture.kind(role), inputs).items():
+                data.arrays[f"{role}.{what}"] = array
+        except Exception as exc:  # the weights may be valid yet make a model that fails
+            data.errors[role] = f"{type(exc).__name__}: {exc}"[:500]
     return data
-
-
-def probe_in_process(namespace: dict, config: AssignmentConfig, inputs: ProbeInputs, workdir: Path) -> ProbeData:
-    """Run the probe on models held by the grader (the reference), through the same code path."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    inputs.save(workdir / INPUTS_FILE)
-    run_probe(namespace, probe_spec(config, None), str(workdir))
-    return load_probe(workdir)

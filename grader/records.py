@@ -66,14 +66,34 @@ class ModelFigures(BaseModel):
     sample_fid: float | None = None          # Fréchet distance on classifier features vs test
     interp_accept: float | None = None       # share of intermediate images accepted
     interp_smoothness: float | None = None   # largest step / path length (lower is smoother)
+    interp_endpoints: float | None = None    # share of paths whose ends decode to their own labels
+    sample_memorised: float | None = None    # share of prior samples that are copies of MNIST images
+
+
+class KLUnitFigures(BaseModel):
+    """The student's kl_divergence against the closed form on fixed rows."""
+
+    rows: int
+    max_rel_error: float | None
+    student_mean: float | None
+    analytic_mean: float | None
+
+
+class ReparamUnitFigures(BaseModel):
+    """Statistics of the student's reparameterize draws of one fixed (mu, sigma)."""
+
+    mean_error: float | None                 # |mean - mu| / sigma, averaged
+    std_error: float | None                  # |std / sigma - 1|, averaged
+    no_noise: bool                           # every draw equal to mu
+    draws: int
 
 
 class Metrics(BaseModel):
     student: dict[str, ModelFigures] = {}     # role (ae, vae_beta0, ...) -> figures
     reference: dict[str, ModelFigures] = {}
     mean_image_mse: float | None = None       # the floor: predicting the mean training image
-    kl_unit: dict[str, float | None] = {}     # max relative error, etc.
-    reparam_unit: dict[str, float | None] = {}
+    kl_unit: KLUnitFigures | None = None
+    reparam_unit: ReparamUnitFigures | None = None
     reference_good_betas: list[float] = []
     reference_best_beta: float | None = None
 

@@ -84,6 +84,8 @@ QUANTITIES = [
     ("sample_fid", "Fréchet distance of samples to test digits", "lower is better"),
     ("interp_accept", "Interpolation images recognised as digits", "higher is better"),
     ("interp_smoothness", "Interpolation: largest step / path length", "lower is smoother"),
+    ("interp_endpoints", "Interpolation paths whose ends show their own digits", "higher is better"),
+    ("sample_memorised", "Samples that are copies of MNIST images", "should be 0"),
 ]
 FIGURE_KINDS = {
     "reconstructions": "Test digits (top row), then your model's reconstructions and the reference's.",
@@ -269,8 +271,12 @@ def metric_sections(result: SubmissionResult, config: AssignmentConfig) -> list[
     return sections
 
 
-def unit_rows(values: dict[str, float | None]) -> list[dict]:
-    return [{"name": name.replace("_", " "), "value": fmt_number(value)} for name, value in values.items()]
+def unit_rows(figures) -> list[dict]:
+    """One row per figure of a unit check's record (KLUnitFigures, ReparamUnitFigures), or none."""
+    if figures is None:
+        return []
+    return [{"name": name.replace("_", " "), "value": fmt_value(value) if isinstance(value, bool) else fmt_number(value)}
+            for name, value in figures.model_dump().items()]
 
 
 SIDES = {"student": "your model", "reference": "reference"}

@@ -124,14 +124,16 @@ def score_kl(check: KLUnitCheck, m: Measurement) -> CheckResult:
     if (early := _unmeasurable(check, m, "kl_divergence")):
         return early
     unit = m.metrics.kl_unit
-    err = unit.get("max_rel_error")
+    if unit is None:
+        return _result(check, 0.0, "Could not be measured — kl_divergence: no result")
+    err = unit.max_rel_error
     ok = err is not None and err <= check.rtol
     message = (
-        f"kl_divergence on 64 fixed (mu, log_sigma) rows: max relative error {_fmt(err)} against the "
-        f"analytic KL (allowed {check.rtol:g}); mean {_fmt(unit.get('student_mean'))} vs expected "
-        f"{_fmt(unit.get('analytic_mean'))}."
+        f"kl_divergence on {unit.rows} fixed (mu, log_sigma) rows: max relative error {_fmt(err)} against the "
+        f"analytic KL (allowed {check.rtol:g}); mean {_fmt(unit.student_mean)} vs expected "
+        f"{_fmt(unit.analytic_mean)}."
     )
-    if not ok and unit.get("student_mean") is not None and unit["student_mean"] < 0:
+    if not ok and unit.student_mean is not None and unit.student_mean < 0:
         message += " The KL divergence is never negative: check the sign of your expression."
     return _result(check, 1.0 if ok else 0.0, message, band=f"full credit at relative error <= {check.rtol:g}")
 
@@ -140,14 +142,16 @@ def score_reparam(check: ReparamUnitCheck, m: Measurement) -> CheckResult:
     if (early := _unmeasurable(check, m, "reparameterize")):
         return early
     unit = m.metrics.reparam_unit
-    if unit.get("no_noise"):
+    if unit is None:
+        return _result(check, 0.0, "Could not be measured — reparameterize: no result")
+    if unit.no_noise:
         return _result(check, 0.0, "reparameterize returned mu unchanged: no noise was added, so "
                        "the model cannot learn a distribution (expected mu + sigma * eps, eps ~ N(0, I)).")
-    mean_err, std_err = unit.get("mean_error"), unit.get("std_error")
+    mean_err, std_err = unit.mean_error, unit.std_error
     mean_ok = mean_err is not None and mean_err <= check.mean_tol
     std_ok = std_err is not None and std_err <= check.std_tol
     message = (
-        f"{_fmt(unit.get('draws'))} draws: mean off by {_fmt(mean_err)} sigma (allowed {check.mean_tol:g}), "
+        f"{unit.draws} draws: mean off by {_fmt(mean_err)} sigma (allowed {check.mean_tol:g}), "
         f"std off by {_fmt(std_err)} of sigma (allowed {check.std_tol:g})."
     )
     if mean_ok and not std_ok:
@@ -196,7 +200,16 @@ def score_beta10(check: Beta10Check, m: Measurement) -> CheckResult:
     student = _figures(m, "student", check.model)
     reference = _figures(m, "reference", check.model)
     tuned = _figures(m, "reference", BEST)
-    kl_share = lower_credit(student.kl, check.kl_max, max(tuned.kl or 0.0, 2 * check.kl_max))
+    floor = m.metrics.mean_image_mse
+    if student.mse is None or floor is None or student.mse > check.decoder_floor * floor:
+        # An untrained encoder also has a KL near zero: the collapse counts only where the
+        # decoder learned at least the mean image, as a collapsed VAE's does.
+        return _result(check, 0.0, (
+            f"beta=10: MSE {_fmt(student.mse)} is worse than predicting the mean image ({_fmt(floor)}): "
+            f"the decoder learned nothing, so its KL of {_fmt(student.kl)} nats shows no collapse to the "
+            f"prior (reference beta=10: KL {_fmt(reference.kl)}, MSE {_fmt(reference.mse)})."),
+            band=f"none unless MSE <= {check.decoder_floor:g} x the mean image's")
+    kl_share = lower_credit(student.kl, check.kl_max, max(tuned.kl or 0.0, check.kl_band_factor * check.kl_max))
     # Worse reconstruction than a tuned VAE is the expected behaviour, as far as the reference's.
     worse_share = higher_credit(student.mse, reference.mse / check.slack, tuned.mse)
     message = (
@@ -212,17 +225,25 @@ def score_samples(check: SampleQualityCheck, m: Measurement) -> CheckResult:
     if (early := _gate(check, m, check.model)):
         return early
     s, r = _figures(m, "student", check.model), _figures(m, "reference", check.model)
+    if s.sample_memorised is not None and s.sample_memorised > check.max_memorised_share:
+        return _result(check, 0.0, (
+            f"{100 * s.sample_memorised:.0f}% of the decoded prior samples are copies of MNIST images "
+            f"(allowed {100 * check.max_memorised_share:.0f}%): a generator that reproduces stored digits "
+            f"earns no sample credit, whatever its Fréchet distance ({_fmt(s.sample_fid)})."),
+            band="no credit for memorised samples")
     fid_share = lower_credit(s.sample_fid, check.slack * r.sample_fid, check.fid_floor_factor * r.sample_fid)
     conf_share = higher_credit(s.sample_confidence, r.sample_confidence / check.slack, 0.1)
     cov_share = higher_credit(s.sample_coverage, r.sample_coverage - 0.1, 0.0)
-    share = 0.6 * fid_share + 0.2 * conf_share + 0.2 * cov_share
+    w = check.weights
+    share = w.fid * fid_share + w.confidence * conf_share + w.coverage * cov_share
     message = (
         f"Fréchet distance {_fmt(s.sample_fid)} (reference at the same beta {_fmt(r.sample_fid)}), "
         f"classifier confidence {_fmt(s.sample_confidence)} (reference {_fmt(r.sample_confidence)}), "
         f"class coverage {_fmt(s.sample_coverage)} (reference {_fmt(r.sample_coverage)})."
     )
     band = (f"Fréchet distance: full credit <= {_fmt(check.slack * r.sample_fid)}, none >= "
-            f"{_fmt(check.fid_floor_factor * r.sample_fid)} (60%); confidence 20%; coverage 20%")
+            f"{_fmt(check.fid_floor_factor * r.sample_fid)} ({w.fid:.0%}); confidence {w.confidence:.0%}; "
+            f"coverage {w.coverage:.0%}")
     return _result(check, share, message, band)
 
 
@@ -249,13 +270,18 @@ def score_interpolation(check: InterpolationCheck, m: Measurement) -> CheckResul
         s, r = _figures(m, "student", role), _figures(m, "reference", role)
         accept = higher_credit(s.interp_accept, (r.interp_accept or 0.0) / check.slack, 0.0)
         smooth = lower_credit(s.interp_smoothness, check.slack * (r.interp_smoothness or 1.0), 1.0)
-        shares.append((accept + smooth) / 2)
+        # A path counts only between recognisable ends: a constant, confidently classified blob
+        # would otherwise be "smooth and recognisable".
+        ends = higher_credit(s.interp_endpoints, (r.interp_endpoints or 0.0) / check.slack, 0.0)
+        shares.append(ends * (accept + smooth) / 2)
         parts.append(
-            f"{role}: {_fmt(s.interp_accept)} of intermediate images recognised (reference "
+            f"{role}: {_fmt(s.interp_endpoints)} of paths start and end on their own digits (reference "
+            f"{_fmt(r.interp_endpoints)}), {_fmt(s.interp_accept)} of intermediate images recognised (reference "
             f"{_fmt(r.interp_accept)}), smoothness {_fmt(s.interp_smoothness)} (reference "
             f"{_fmt(r.interp_smoothness)}, lower is smoother)"
         )
-    band = "per model: half for recognisable intermediates, half for even steps"
+    band = ("per model: half for recognisable intermediates, half for even steps, both scaled by the "
+            "share of paths whose ends decode to their own digits")
     return _result(check, sum(shares) / len(shares), "; ".join(parts) + ".", band)
 
 

@@ -5,6 +5,7 @@ Python floats or small dataclasses, computed in float64 on the CPU."""
 from .elbo import elbo_per_image, mean_elbo
 from .frechet import FeatureStats, FrechetDistance, feature_stats, frechet_distance, frechet_distance_from_stats
 from .interpolation import InterpolationQuality, interpolation_accept, interpolation_quality, path_smoothness
+from .memorisation import ImageBank, memorised_share
 from .kl import MeanKL, kl_relative_error, kl_to_standard_normal
 from .reconstruction import MSEPerPixel, mse_per_image, mse_per_pixel
 from .reparam import ReparamStats, reparam_stats
@@ -12,6 +13,8 @@ from .sample_quality import SampleQuality, sample_quality
 
 __all__ = [
     "FeatureStats",
+    "ImageBank",
+    "memorised_share",
     "FrechetDistance",
     "InterpolationQuality",
     "MSEPerPixel",

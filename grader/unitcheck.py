@@ -1,0 +1,206 @@
+"""Unit checks of the student's functions (KL divergence, reparameterization), in a fresh process.
+
+The functions are taken from the notebook's source, not from the kernel: its top-level imports,
+definitions and constant assignments, in cell order (a later definition wins, as in the kernel).
+They run in a new Python process inside the sandbox, which the student's cells never touched,
+on inputs written only once the student's kernel is gone. What the process returns is a pair of
+arrays; the comparison with the closed forms happens in the grader (measure.py).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from nbformat import NotebookNode
+
+from .config import AssignmentConfig
+from .probe import read_npz_bounded
+from .sandbox import Sandbox
+
+INPUTS_FILE = "unit_inputs.npz"
+SPEC_FILE = "unit_spec.json"
+OUTPUT_FILE = "unit_out.npz"
+ERRORS_FILE = "unit_errors.json"
+MAX_OUTPUT_BYTES = 16 << 20
+# Calls a constant assignment may make and still be kept (e.g. `device = torch.device("cpu")`).
+ALLOWED_CALLS = {"torch.device", "float", "int", "str", "tuple", "list", "dict"}
+
+
+@dataclass
+class UnitInputs:
+    kl_mu: np.ndarray             # [n_kl, NZ]
+    kl_log_sigma: np.ndarray
+    reparam_mu: np.ndarray        # [n_reparam, NZ], every row the same
+    reparam_log_sigma: np.ndarray
+
+
+def make_unit_inputs(config: AssignmentConfig, params: dict) -> UnitInputs:
+    spec = config.probe
+    nz = int(params[config.architecture.latent])
+    rng = np.random.default_rng(spec.seed + 1)
+    reparam_mu = rng.normal(0.0, 1.0, size=nz).astype(np.float32)
+    reparam_log_sigma = rng.uniform(-1.5, 0.5, size=nz).astype(np.float32)
+    return UnitInputs(
+        kl_mu=rng.normal(0.0, 1.5, size=(spec.n_kl, nz)).astype(np.float32),
+        kl_log_sigma=rng.uniform(-2.0, 1.0, size=(spec.n_kl, nz)).astype(np.float32),
+        reparam_mu=np.tile(reparam_mu, (spec.n_reparam, 1)),
+        reparam_log_sigma=np.tile(reparam_log_sigma, (spec.n_reparam, 1)),
+    )
+
+
+@dataclass
+class UnitResult:
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)   # "kl_unit", "reparam_unit"
+    errors: dict[str, str] = field(default_factory=dict)          # contract function -> why
+
+
+# --- the source -----------------------------------------------------------------------------------
+
+
+def _cell_python(source: str) -> str:
+    """A cell's code as plain Python (IPython magics and shell escapes turned into calls)."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    return TransformerManager().transform_cell(source)
+
+
+def _dotted(node: ast.AST) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return f"{_dotted(node.value)}.{node.attr}"
+    return "?"
+
+
+def _is_constant_assignment(node: ast.stmt) -> bool:
+    if not isinstance(node, (ast.Assign, ast.AnnAssign)) or node.value is None:
+        return False
+    calls = [n for n in ast.walk(node.value) if isinstance(n, ast.Call)]
+    return all(_dotted(c.func) in ALLOWED_CALLS for c in calls)
+
+
+KEPT = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def definitions(nb: NotebookNode) -> list[dict]:
+    """The notebook's top-level imports, definitions and constant assignments, in order, each as
+    {"cell": index, "source": code}. Cells that do not parse are skipped (they failed in the kernel
+    too)."""
+    kept = []
+    for index, cell in enumerate(nb.cells):
+        if cell.get("cell_type") != "code" or not isinstance(cell.get("source"), str):
+            continue
+        try:
+            tree = ast.parse(_cell_python(cell.source))
+        except (SyntaxError, ValueError):
+            continue
+        for node in tree.body:
+            if isinstance(node, KEPT) or _is_constant_assignment(node):
+                kept.append({"cell": index, "source": ast.unparse(node)})
+    return kept
+
+
+# --- the fresh process ----------------------------------------------------------------------------
+
+# Run as `python -I -c CHECKER spec.json` in the sandbox. Every definition is executed on its own
+# (one that fails costs only what needs it), then each function is called on the grader's inputs.
+CHECKER = r'''
+import json, sys
+spec = json.load(open(sys.argv[1]))
+import numpy as np, torch
+torch.set_num_threads(1)
+errors, arrays, notes = {}, {}, []
+namespace = {"__name__": "__main__"}
+namespace.update(spec["params"])
+for item in spec["definitions"]:
+    try:
+        exec(compile(item["source"], "<cell %d>" % item["cell"], "exec"), namespace)
+    except BaseException as exc:
+        notes.append("cell %d: %s: %s" % (item["cell"], type(exc).__name__, exc))
+inputs = dict(np.load(spec["inputs"], allow_pickle=False))
+def call(key, name, *args, seed=None):
+    fn = namespace.get(name)
+    if not callable(fn):
+        errors[name] = "no function %r is defined at the top level of the notebook" % name
+        if notes:
+            errors[name] += " (definitions that failed: " + "; ".join(notes)[:300] + ")"
+        return
+    try:
+        if seed is not None:
+            torch.manual_seed(seed)
+        with torch.no_grad():
+            out = fn(*[torch.from_numpy(inputs[a]) for a in args])
+        if not isinstance(out, torch.Tensor):
+            raise TypeError("it returned a %s, not a tensor" % type(out).__name__)
+        arrays[key] = out.detach().to("cpu", torch.float32).numpy()
+    except BaseException as exc:
+        errors[name] = ("%s: %s" % (type(exc).__name__, exc))[:500]
+call("kl_unit", spec["kl_divergence"], "kl_mu", "kl_log_sigma")
+call("reparam_unit", spec["reparameterize"], "reparam_mu", "reparam_log_sigma", seed=spec["seed"])
+np.savez(spec["output"], **arrays)
+json.dump(errors, open(spec["errors"], "w"))
+'''
+
+
+def _write_inputs(directory: Path, inputs: UnitInputs) -> Path:
+    path = directory / INPUTS_FILE
+    np.savez(path, **inputs.__dict__)
+    path.chmod(0o644)
+    return path
+
+
+def _read_result(directory: Path, returncode: int | None, timed_out: bool, names: list[str]) -> UnitResult:
+    result = UnitResult()
+    try:
+        errors_path = directory / ERRORS_FILE
+        if errors_path.is_symlink() or errors_path.stat().st_size > 100_000:
+            raise ValueError(f"{ERRORS_FILE} is not a small regular file")
+        result.errors = {str(k): str(v)[:1000] for k, v in dict(json.loads(errors_path.read_text())).items()}
+        arrays = read_npz_bounded(directory / OUTPUT_FILE, MAX_OUTPUT_BYTES)
+        result.arrays = {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items() if k in ("kl_unit", "reparam_unit")}
+    except Exception as exc:
+        why = ("it ran longer than its time limit" if timed_out else
+               f"it ended without a result (exit code {returncode}; {type(exc).__name__}: {exc})")
+        result.errors = {name: f"the unit checker could not run your function: {why}" for name in names}
+    return result
+
+
+def run_unit_checks(nb: NotebookNode, config: AssignmentConfig, params: dict, inputs: UnitInputs,
+                    data_dir: Path, scratch_root: Path | None = None) -> UnitResult:
+    """The student's KL and reparameterization outputs on `inputs`, from a fresh sandboxed process."""
+    contract = config.contract
+    names = [contract.kl_divergence, contract.reparameterize]
+    with tempfile.TemporaryDirectory(prefix="grader-unit-", dir=scratch_root) as tmp:
+        scratch = Path(tmp) / "scratch"
+        scratch.mkdir()
+        with Sandbox(scratch, data_dir, config.limits, threads=1) as sandbox:
+            spec = {
+                "params": {k: v for k, v in params.items() if k != config.parameters.data_dir},
+                "definitions": definitions(nb),
+                "inputs": str(_write_inputs(sandbox.scratch_dir, inputs)),
+                "kl_divergence": contract.kl_divergence,
+                "reparameterize": contract.reparameterize,
+                "seed": config.probe.seed,
+                "output": str(sandbox.scratch_dir / OUTPUT_FILE),
+                "errors": str(sandbox.scratch_dir / ERRORS_FILE),
+            }
+            spec_path = sandbox.scratch_dir / SPEC_FILE
+            spec_path.write_text(json.dumps(spec))
+            spec_path.chmod(0o644)
+            command = sandbox.wrap([sys.executable, "-I", "-c", CHECKER, str(spec_path)])
+            timed_out, returncode = False, None
+            try:
+                done = subprocess.run(command, env=sandbox.environment(), cwd=sandbox.scratch_dir,
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, timeout=config.probe.unit_timeout_s)
+                returncode = done.returncode
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            return _read_result(sandbox.scratch_dir, returncode, timed_out, names)

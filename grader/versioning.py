@@ -1,0 +1,54 @@
+"""Digests of the grader's own code, so that caches notice a new grader.
+
+Each cached stage is keyed on the sources that can change its output: a run (execution.json) on
+what confines and drives the kernel and what it hands back; a result (result.json) on everything
+that measures and scores; a PDF on the templates and the code that renders them. Editing any of
+them redoes exactly the stages that depend on it, and nothing else.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+TEMPLATES_DIR = PACKAGE_DIR.parent / "templates"
+
+# What can change a kernel's run and what the grader takes out of it.
+EXECUTION_SOURCES = ("sandbox.py", "execute.py", "inject.py", "probe.py", "unitcheck.py", "config.py",
+                     "hints.py", "records.py")
+# What can change the measured numbers and the points: every module of the package (measuring
+# touches models, metrics, the classifier, the reference, scoring, answers and figures).
+RESULT_SOURCES = ("*.py", "metrics/*.py")
+REPORT_SOURCES = ("report.py", "mathtext.py", "figures.py")
+
+
+def _files(root: Path, patterns: tuple[str, ...]) -> list[Path]:
+    found: set[Path] = set()
+    for pattern in patterns:
+        found.update(p for p in root.glob(pattern) if p.is_file())
+    return sorted(found)
+
+
+def digest_of(root: Path, patterns: tuple[str, ...]) -> str:
+    """SHA-256 over the relative names and bytes of the files under root matching patterns."""
+    h = hashlib.sha256()
+    for path in _files(root, patterns):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+@functools.cache
+def execution_digest(root: Path = PACKAGE_DIR) -> str:
+    return digest_of(root, EXECUTION_SOURCES)
+
+
+@functools.cache
+def result_digest(root: Path = PACKAGE_DIR) -> str:
+    return digest_of(root, RESULT_SOURCES)
+
+
+@functools.cache
+def report_digest(root: Path = PACKAGE_DIR, templates: Path = TEMPLATES_DIR) -> str:
+    return hashlib.sha256((digest_of(root, REPORT_SOURCES) + digest_of(templates, ("**/*",))).encode()).hexdigest()
