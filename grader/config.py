@@ -108,6 +108,26 @@ class Contract(Strict):
         return {role: getattr(self, role) for role in ("ae", "vae_beta0", "vae_beta10", "vae_tuned")}
 
 
+class Architecture(Strict):
+    """The architecture the handout prescribes. The grader measures a student's model by loading
+    the weights it hands back into its own copy of these classes, never by calling the student's
+    objects, so nothing the student's code does at run time can change what is measured."""
+
+    ae: str                              # "module:Class", built as Class(latent size)
+    vae: str
+    latent: str                          # the parameter that holds the latent size
+    kinds: dict[str, Literal["ae", "vae"]]   # role -> kind, one per model in the contract
+
+    def kind(self, role: str) -> Literal["ae", "vae"]:
+        return self.kinds[role]
+
+    def model_class(self, role: str) -> type:
+        import importlib
+
+        module, _, name = getattr(self, self.kind(role)).partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
 class ReferenceInfo(Strict):
     betas_fixed: list[float]
     beta_sweep: list[float] = Field(min_length=1)
@@ -129,7 +149,13 @@ class ProbeInfo(Strict):
     n_interp_pairs: int = Field(gt=0)
     interp_steps: int = Field(ge=3)
     n_reparam: int = Field(gt=1)
+    n_kl: int = Field(default=64, gt=1)         # rows for the KL unit check
+    interp_labels: list[str] = Field(default=["START_LABEL", "END_LABEL"], min_length=2, max_length=2)  # parameters
     seed: int
+    max_history_epochs: int = Field(default=1000, gt=0)   # history entries kept per model (figures only)
+    max_export_mb: int = Field(default=64, gt=0)          # the weights the kernel may hand back
+    unit_timeout_s: float = Field(default=120, gt=0)      # the unit checker's fresh process
+    memorised_distance: float = Field(default=0.025, gt=0)  # a sample this close to an MNIST image is a copy
 
 
 class Question(Strict):
@@ -188,6 +214,20 @@ class Beta10Check(CheckBase):
     model: Literal["vae_beta10"] = "vae_beta10"
     kl_max: float = Field(gt=0)
     slack: float = Field(ge=1.0)
+    kl_band_factor: float = Field(default=2.0, gt=1.0)   # zero KL credit from this x kl_max
+    decoder_floor: float = Field(default=1.05, gt=0)     # no credit at an MSE above this x the mean image's
+
+
+class SampleWeights(Strict):
+    fid: float = Field(default=0.6, ge=0)
+    confidence: float = Field(default=0.2, ge=0)
+    coverage: float = Field(default=0.2, ge=0)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> "SampleWeights":
+        if abs(self.fid + self.confidence + self.coverage - 1.0) > 1e-9:
+            raise ValueError("fid + confidence + coverage must be 1")
+        return self
 
 
 class SampleQualityCheck(CheckBase):
@@ -195,6 +235,8 @@ class SampleQualityCheck(CheckBase):
     model: Literal["vae_tuned", "vae_beta0", "vae_beta10"] = "vae_tuned"
     slack: float = Field(ge=1.0)
     fid_floor_factor: float = Field(gt=1.0)
+    weights: SampleWeights = Field(default_factory=SampleWeights)
+    max_memorised_share: float = Field(default=0.1, ge=0, le=1)   # more copies of MNIST: no credit
 
 
 class BestBetaCheck(CheckBase):
@@ -232,6 +274,7 @@ class AssignmentConfig(Strict):
     classifier: ClassifierInfo
     parameters: Parameters
     contract: Contract
+    architecture: Architecture
     reference: ReferenceInfo
     limits: Limits
     probe: ProbeInfo
@@ -242,6 +285,15 @@ class AssignmentConfig(Strict):
     # Set by load_config: the folder the relative paths above are resolved against.
     base_dir: Path = Path(".")
     digest: str = ""
+
+    @model_validator(mode="after")
+    def _every_model_has_a_kind(self) -> "AssignmentConfig":
+        missing = sorted(set(self.contract.model_names()) - set(self.architecture.kinds))
+        if missing:
+            raise ValueError(f"architecture.kinds: no kind (ae or vae) for the model(s) {', '.join(missing)}")
+        if self.architecture.latent not in self.parameters.spec:
+            raise ValueError(f"architecture.latent names {self.architecture.latent!r}, which is not a parameter")
+        return self
 
     @model_validator(mode="after")
     def _ids_unique(self) -> "AssignmentConfig":
