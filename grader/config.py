@@ -215,7 +215,7 @@ class Beta10Check(CheckBase):
     kl_max: float = Field(gt=0)
     slack: float = Field(ge=1.0)
     kl_band_factor: float = Field(default=2.0, gt=1.0)   # zero KL credit from this x kl_max
-    decoder_floor: float = Field(default=1.05, gt=0)     # no credit at an MSE above this x the mean image's
+    decoder_floor: float = Field(default=1.25, gt=0)     # no credit at an MSE above this x max(mean image, reference)
 
 
 class SampleWeights(Strict):

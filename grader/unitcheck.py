@@ -82,6 +82,9 @@ def _dotted(node: ast.AST) -> str:
 def _is_constant_assignment(node: ast.stmt) -> bool:
     if not isinstance(node, (ast.Assign, ast.AnnAssign)) or node.value is None:
         return False
+    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+    if not all(isinstance(t, ast.Name) for t in targets):   # `numpy.savez = ...` is a patch, not a constant
+        return False
     calls = [n for n in ast.walk(node.value) if isinstance(n, ast.Call)]
     return all(_dotted(c.func) in ALLOWED_CALLS for c in calls)
 
@@ -111,11 +114,16 @@ def definitions(nb: NotebookNode) -> list[dict]:
 
 # Run as `python -I -c CHECKER spec.json` in the sandbox. Every definition is executed on its own
 # (one that fails costs only what needs it), then each function is called on the grader's inputs.
+#
+# The student's definitions run arbitrary code here (a class body, a decorator): whatever they
+# patch, the only way to hand back a right answer is to compute it, since the process holds
+# nothing but the inputs. The writers are bound first all the same, so honest patches do no harm.
 CHECKER = r'''
 import json, sys
 spec = json.load(open(sys.argv[1]))
 import numpy as np, torch
 torch.set_num_threads(1)
+savez, dump, write_to = np.savez, json.dump, open
 errors, arrays, notes = {}, {}, []
 namespace = {"__name__": "__main__"}
 namespace.update(spec["params"])
@@ -144,8 +152,8 @@ def call(key, name, *args, seed=None):
         errors[name] = ("%s: %s" % (type(exc).__name__, exc))[:500]
 call("kl_unit", spec["kl_divergence"], "kl_mu", "kl_log_sigma")
 call("reparam_unit", spec["reparameterize"], "reparam_mu", "reparam_log_sigma", seed=spec["seed"])
-np.savez(spec["output"], **arrays)
-json.dump(errors, open(spec["errors"], "w"))
+savez(spec["output"], **arrays)
+dump(errors, write_to(spec["errors"], "w"))
 '''
 
 

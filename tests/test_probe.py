@@ -1,16 +1,31 @@
-"""The probe: fixed inputs, tensors out, one broken part costs only itself."""
+"""The probe: the kernel hands back weights and plain values only; the grader rebuilds the
+prescribed architecture, runs it on inputs the kernel never saw, and reads every file bounded."""
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import zipfile
+
+import nbformat
 import numpy as np
+import pytest
 import torch
+from nbformat.v4 import new_code_cell, new_notebook
 
 from grader import models
 from grader.config import load_config
-from grader.probe import INPUTS_FILE, load_probe, make_probe_inputs, probe_code, probe_in_process, run_probe, probe_spec
+from grader.paths import default_data_dir
+from grader.probe import (
+    VALUES_FILE, WEIGHTS_FILE, export_code, load_export, make_probe_inputs, probe_models, read_npz_bounded,
+)
+from grader.unitcheck import definitions, make_unit_inputs, run_unit_checks
+from grader.weights import WeightsMismatch, match_state, rebuild_models
 
 CONFIG = load_config()
 PARAMS = CONFIG.resolve_parameters(preset="smoke")
+NZ = PARAMS["NZ"]
 
 
 def fake_test_set(n=600):
@@ -18,78 +33,175 @@ def fake_test_set(n=600):
     return torch.rand(n, 1, 28, 28, generator=generator), torch.arange(n) % 10
 
 
-def namespace(**changes):
+def kernel_namespace(**changes):
     torch.manual_seed(0)
     ns = {
-        "ae": models.AutoEncoder(16), "vae_beta0": models.VAE(16), "vae_beta10": models.VAE(16),
-        "vae_tuned": models.VAE(16), "kl_divergence": models.kl_divergence,
-        "reparameterize": models.reparameterize, "reconstruction_loss": models.reconstruction_loss,
-        "best_beta": 2.5, "ae_history": [{"epoch": 1, "rec": torch.tensor(30.0), "kl": 0}],
+        "ae": models.AutoEncoder(NZ), "vae_beta0": models.VAE(NZ), "vae_beta10": models.VAE(NZ),
+        "vae_tuned": models.VAE(NZ), "best_beta": 2.5,
+        "ae_history": [{"epoch": 1, "rec": torch.tensor(30.0), "kl": 0}],
     }
     ns.update(changes)
     return {k: v for k, v in ns.items() if v is not None}
 
 
-def test_inputs_are_fixed_and_respect_labels():
-    x, y = fake_test_set()
-    a, b = make_probe_inputs(CONFIG, PARAMS, x, y), make_probe_inputs(CONFIG, PARAMS, x, y)
-    for name in a.__dict__:
-        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
-    assert a.prior_z.shape == (CONFIG.probe.n_samples, PARAMS["NZ"])
-    start = x[y == PARAMS["START_LABEL"]].numpy()
-    assert all(any(np.array_equal(img, s) for s in start) for img in a.interp_start)
-
-
-def test_probe_hands_back_every_array_with_contract_shapes(tmp_path):
-    x, y = fake_test_set()
-    inputs = make_probe_inputs(CONFIG, PARAMS, x, y)
-    data = probe_in_process(namespace(), CONFIG, inputs, tmp_path)
-    assert data.errors == {}
-    n = CONFIG.probe.n_test if CONFIG.probe.n_test < len(x) else len(x)
-    assert data.arrays["ae.recon"].shape == (n, 1, 28, 28)
-    assert data.arrays["vae_tuned.log_sigma"].shape == (n, 16)
-    assert data.arrays["vae_beta0.interp"].shape == (CONFIG.probe.n_interp_pairs, CONFIG.probe.interp_steps, 784)
-    np.testing.assert_allclose(
-        data.arrays["kl_unit"], models.kl_divergence(torch.from_numpy(inputs.kl_mu), torch.from_numpy(inputs.kl_log_sigma)).numpy(), rtol=1e-6
-    )
-    assert data.values["best_beta"] == 2.5
-    assert data.values["ae_history"] == [{"epoch": 1.0, "rec": 30.0, "kl": 0.0}]
-
-
-def test_a_broken_part_costs_only_itself(tmp_path):
-    x, y = fake_test_set()
-    inputs = make_probe_inputs(CONFIG, PARAMS, x, y)
-    ns = namespace(vae_beta10=None, vae_tuned=models.VAE(8), reparameterize=lambda mu, ls: 1 / 0, best_beta="big")
-    data = probe_in_process(ns, CONFIG, inputs, tmp_path)
-    assert data.errors["vae_beta10"] == "NameError: name 'vae_beta10' is not defined"
-    assert "shapes cannot be multiplied" in data.errors["vae_tuned"]
-    assert data.errors["reparameterize"].startswith("ZeroDivisionError")
-    assert "best_beta is not a number" in data.errors["best_beta"]
-    assert "ae.recon" in data.arrays and "kl_unit" in data.arrays
-
-
-def test_modified_inputs_are_refused(tmp_path):
-    x, y = fake_test_set()
-    inputs = make_probe_inputs(CONFIG, PARAMS, x, y)
-    sha = inputs.save(tmp_path / INPUTS_FILE)
-    inputs.test_x[:] = 0
-    inputs.save(tmp_path / INPUTS_FILE)
-    run_probe(namespace(), probe_spec(CONFIG, sha), str(tmp_path))
-    data = load_probe(tmp_path)
-    assert "modified" in data.errors["inputs"] and "ae.recon" not in data.arrays
-
-
-def test_probe_code_runs_as_kernel_source(tmp_path, monkeypatch):
-    x, y = fake_test_set()
-    inputs = make_probe_inputs(CONFIG, PARAMS, x, y)
-    sha = inputs.save(tmp_path / INPUTS_FILE)
+def export_from(ns: dict, tmp_path, monkeypatch):
+    """Run the export's source as the kernel would (exec in the kernel's globals), then read it."""
     monkeypatch.chdir(tmp_path)
-    kernel_globals = namespace()
-    exec(compile(probe_code(CONFIG, sha), "<probe>", "exec"), kernel_globals)
-    assert "run_probe" not in kernel_globals  # the probe cleans up after itself
-    assert load_probe(tmp_path).errors == {}
+    exec(compile(export_code(CONFIG), "<export>", "exec"), ns)
+    assert "run_export" not in ns  # the export cleans up after itself
+    return load_export(tmp_path, CONFIG)
 
 
-def test_unreadable_probe_output_is_an_error_not_a_crash(tmp_path):
-    (tmp_path / "probe.npz").write_bytes(b"not an npz")
-    assert "could not be read" in load_probe(tmp_path).errors["probe"]
+def test_export_hands_back_weights_and_values_only(tmp_path, monkeypatch):
+    ns = kernel_namespace()
+    export = export_from(ns, tmp_path, monkeypatch)
+    assert export.errors == {}
+    assert set(export.weights) == {"ae", "vae_beta0", "vae_beta10", "vae_tuned"}
+    np.testing.assert_array_equal(export.weights["ae"]["encoder.1.weight"], ns["ae"].encoder[1].weight.detach().numpy())
+    assert export.values["best_beta"] == 2.5
+    assert export.values["ae_history"] == [{"epoch": 1.0, "rec": 30.0, "kl": 0.0}]
+
+
+def test_rebuilt_models_behave_like_the_originals_but_are_the_graders(tmp_path, monkeypatch):
+    ns = kernel_namespace()
+    export = export_from(ns, tmp_path, monkeypatch)
+    rebuilt = rebuild_models(CONFIG, PARAMS, export)
+    assert rebuilt.errors == {}
+    x = torch.rand(5, 1, 28, 28)
+    for role in ("ae", "vae_tuned"):
+        assert type(rebuilt.models[role]) is type(ns[role]) and rebuilt.models[role] is not ns[role]
+        torch.testing.assert_close(rebuilt.models[role](x) if role == "ae" else rebuilt.models[role].decode(ns[role].encode(x)[0]),
+                                   ns[role](x) if role == "ae" else ns[role].decode(ns[role].encode(x)[0]))
+
+
+def test_objects_that_are_not_the_handouts_models_cannot_be_measured(tmp_path, monkeypatch):
+    class LookupTable:  # "encode remembers, decode gives back": not a module, no weights
+        def encode(self, x):
+            return x.flatten(1)[:, :NZ]
+
+        def decode(self, z):
+            return torch.zeros(len(z), 1, 28, 28)
+
+    class Liar(torch.nn.Module):  # claims to be a VAE, holds other layers
+        __class__ = models.VAE
+
+        def __init__(self):
+            super().__init__()
+            self.table = torch.nn.Linear(3, 3)
+
+    export = export_from(kernel_namespace(ae=LookupTable(), vae_beta0=Liar(), vae_beta10=models.VAE(NZ + 1),
+                                          vae_tuned=None), tmp_path, monkeypatch)
+    rebuilt = rebuild_models(CONFIG, PARAMS, export)
+    assert "not a torch.nn.Module" in rebuilt.errors["ae"]
+    assert "do not fit the handout's architecture" in rebuilt.errors["vae_beta0"]
+    assert "should have shape [512, 784]" in rebuilt.errors["vae_beta0"] or "expected 12 tensors" in rebuilt.errors["vae_beta0"]
+    assert "do not fit" in rebuilt.errors["vae_beta10"] and "[32, 256]" in rebuilt.errors["vae_beta10"]
+    assert "not defined" in rebuilt.errors["vae_tuned"]
+    assert set(rebuilt.models) == set()
+
+
+def test_weights_are_matched_by_position_when_only_names_differ():
+    torch.manual_seed(0)
+    reference = models.VAE(NZ)
+    renamed = {f"layer{i}": t.numpy() for i, t in enumerate(reference.state_dict().values())}
+    state, note = match_state(models.VAE(NZ).state_dict(), renamed)
+    assert "matched by position" in note
+    torch.testing.assert_close(state["decoder.4.bias"], reference.state_dict()["decoder.4.bias"])
+    broken = dict(renamed, layer0=np.full((512, 784), np.nan, dtype=np.float32))
+    with pytest.raises(WeightsMismatch, match="NaN"):
+        match_state(models.VAE(NZ).state_dict(), broken)
+
+
+def test_probe_models_gives_contract_shapes_on_the_graders_inputs():
+    x, y = fake_test_set()
+    inputs = make_probe_inputs(CONFIG, PARAMS, x, y)
+    torch.manual_seed(0)
+    data = probe_models({"ae": models.AutoEncoder(NZ), "vae_tuned": models.VAE(NZ)}, CONFIG, inputs)
+    assert data.errors == {}
+    assert data.arrays["ae.recon"].shape == (len(inputs.test_x), 1, 28, 28)
+    assert data.arrays["vae_tuned.log_sigma"].shape == (len(inputs.test_x), NZ)
+    assert data.arrays["ae.interp"].shape == (CONFIG.probe.n_interp_pairs, CONFIG.probe.interp_steps, 784)
+    assert data.arrays["ae.samples"].shape == (CONFIG.probe.n_samples, 1, 28, 28)
+    assert inputs.start_label == PARAMS["START_LABEL"]
+
+
+def _npz_bytes(**arrays) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def test_a_compressed_bomb_is_refused_before_it_is_unpacked(tmp_path):
+    path = tmp_path / WEIGHTS_FILE
+    path.write_bytes(_npz_bytes(**{"ae/x": np.zeros(64 << 20, dtype=np.uint8)}))   # 64 MB of zeros
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(ValueError, match="unpacks to more than"):
+        read_npz_bounded(path, 16 << 20)
+
+
+def test_an_array_header_that_lies_about_its_size_is_refused(tmp_path):
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (1 << 28,)})
+    path = tmp_path / WEIGHTS_FILE
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("ae/x.npy", header.getvalue() + b"\0" * 64)
+    with pytest.raises(ValueError, match="claims more data"):
+        read_npz_bounded(path, 16 << 20)
+
+
+def test_sparse_symlinked_or_garbage_exports_are_errors_not_crashes(tmp_path):
+    sparse = tmp_path / "sparse"
+    sparse.mkdir()
+    with open(sparse / WEIGHTS_FILE, "wb") as handle:
+        handle.truncate(1 << 30)                                # 1 GiB, no blocks on disk
+    (sparse / VALUES_FILE).write_text("{}")
+    assert "larger than" in load_export(sparse, CONFIG).errors["probe"]
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    os.symlink("/etc/passwd", linked / WEIGHTS_FILE)
+    assert "not a regular file" in load_export(linked, CONFIG).errors["probe"]
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / WEIGHTS_FILE).write_bytes(b"not an npz")
+    assert "could not be read" in load_export(garbage, CONFIG).errors["probe"]
+
+
+def test_definitions_keep_imports_defs_and_constants_not_training():
+    nb = new_notebook(cells=[
+        new_code_cell("import torch\n%matplotlib inline\nEPS = 1e-8\ndevice = torch.device('cpu')"),
+        new_code_cell("def kl_divergence(mu, log_sigma):\n    return -mu.sum(1)\nmodel = train()"),
+        new_code_cell("def kl_divergence(mu, log_sigma):  # the later one wins\n    return mu.sum(1) + EPS"),
+        new_code_cell("this is not python"),
+    ])
+    sources = [d["source"] for d in definitions(nb)]
+    assert sources[0] == "import torch" and "EPS = 1e-08" in sources and "device = torch.device('cpu')" in sources
+    assert not any("train()" in s for s in sources)
+    assert [d["cell"] for d in definitions(nb) if "def kl_divergence" in d["source"]] == [1, 2]
+
+
+@pytest.mark.skipif(not (default_data_dir() / "MNIST").exists(), reason="MNIST not provisioned")
+def test_unit_checks_run_the_notebooks_source_in_a_fresh_process(tmp_path):
+    nb = new_notebook(cells=[
+        new_code_cell("import torch\nimport numpy\nnumpy.savez = None  # patches in the kernel reach nothing"),
+        new_code_cell(
+            "def kl_divergence(mu, log_sigma):\n"
+            "    return 0.5 * (mu**2 + torch.exp(2 * log_sigma) - 1 - 2 * log_sigma).sum(dim=1)\n\n"
+            "def reparameterize(mu, log_sigma):\n    return mu\n"),
+    ])
+    inputs = make_unit_inputs(CONFIG, PARAMS)
+    result = run_unit_checks(nb, CONFIG, PARAMS, inputs, default_data_dir())
+    assert result.errors == {}
+    expected = models.kl_divergence(torch.from_numpy(inputs.kl_mu), torch.from_numpy(inputs.kl_log_sigma))
+    np.testing.assert_allclose(result.arrays["kl_unit"], expected.numpy(), rtol=1e-5)
+    np.testing.assert_array_equal(result.arrays["reparam_unit"], inputs.reparam_mu)   # no noise: seen as such
+
+    missing = run_unit_checks(new_notebook(cells=[new_code_cell("x = 1")]), CONFIG, PARAMS, inputs, default_data_dir())
+    assert "no function 'kl_divergence' is defined" in missing.errors["kl_divergence"]
+
+
+def test_the_export_is_small_source_with_its_bounds_inside():
+    code = export_code(CONFIG)
+    spec = json.loads(code.split("loads(", 1)[1].rsplit("))", 1)[0].strip("'"))
+    assert spec["max_history"] == CONFIG.probe.max_history_epochs
+    assert spec["max_elements"] * 4 * len(CONFIG.contract.model_names()) <= CONFIG.probe.max_export_mb << 20
+    assert "savez" in code and "probe_inputs" not in code   # nothing of the grader's inputs goes in

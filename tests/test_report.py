@@ -16,7 +16,7 @@ from pypdf import PdfReader
 from grader import figures
 from grader.config import load_config
 from grader.mathtext import markdown_to_html, tex_to_svg
-from grader.records import Answer, CellRun, Metrics, ModelFigures, SubmissionResult
+from grader.records import Answer, CellRun, KLUnitFigures, Metrics, ModelFigures, ReparamUnitFigures, SubmissionResult
 from grader.report import (
     DataOnlyFetcher,
     ReportError,
@@ -72,8 +72,8 @@ def reference_figures() -> dict[str, ModelFigures]:
 def make_metrics(student: dict[str, ModelFigures]) -> Metrics:
     return Metrics(
         student=student, reference=reference_figures(), mean_image_mse=0.0671,
-        kl_unit={"max_rel_error": 2e-7, "student_mean": 30.1, "analytic_mean": 30.1},
-        reparam_unit={"mean_error": 0.012, "std_error": 0.4, "no_noise": 0.0, "draws": 4096.0},
+        kl_unit=KLUnitFigures(rows=64, max_rel_error=2e-7, student_mean=30.1, analytic_mean=30.1),
+        reparam_unit=ReparamUnitFigures(mean_error=0.012, std_error=0.4, no_noise=False, draws=4096),
         reference_good_betas=[1.0, 2.0, 4.0], reference_best_beta=2.0,
     )
 

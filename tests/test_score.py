@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from grader.config import load_config
-from grader.records import Metrics, ModelFigures
+from grader.records import KLUnitFigures, Metrics, ModelFigures, ReparamUnitFigures
 from grader.score import Measurement, higher_credit, linear_credit, lower_credit, score_checks, totals
 
 CONFIG = load_config()
@@ -32,11 +32,12 @@ def test_bands_never_turn_upside_down():
 def reference_figures() -> dict[str, ModelFigures]:
     return {
         "ae": ModelFigures(mse=0.02, sample_fid=40, sample_confidence=0.6, sample_coverage=0.8,
-                           interp_accept=0.5, interp_smoothness=0.3),
+                           interp_accept=0.5, interp_smoothness=0.3, interp_endpoints=1.0),
         "vae_beta0": ModelFigures(mse=0.025, kl=250.0),
         "vae_beta10": ModelFigures(mse=0.085, kl=0.01),
         "vae_tuned": ModelFigures(mse=0.04, kl=25.0, sample_fid=10.0, sample_confidence=0.9,
-                                  sample_coverage=1.0, interp_accept=0.8, interp_smoothness=0.2),
+                                  sample_coverage=1.0, interp_accept=0.8, interp_smoothness=0.2,
+                                  interp_endpoints=0.875, sample_memorised=0.0),
         "vae_best": ModelFigures(mse=0.04, kl=25.0, sample_fid=10.0),
     }
 
@@ -47,8 +48,8 @@ def measurement(**student_changes) -> Measurement:
         student[role] = student[role].model_copy(update=changes)
     metrics = Metrics(
         student=student, reference=reference_figures(), mean_image_mse=0.067,
-        kl_unit={"max_rel_error": 1e-7, "student_mean": 30.0, "analytic_mean": 30.0},
-        reparam_unit={"mean_error": 0.01, "std_error": 0.01, "no_noise": 0.0, "draws": 4096.0},
+        kl_unit=KLUnitFigures(rows=64, max_rel_error=1e-7, student_mean=30.0, analytic_mean=30.0),
+        reparam_unit=ReparamUnitFigures(mean_error=0.01, std_error=0.01, no_noise=False, draws=4096),
         reference_good_betas=[1.0, 2.0], reference_best_beta=1.0,
     )
     return Measurement(metrics=metrics, best_beta=1.0)
@@ -68,14 +69,14 @@ def test_a_submission_equal_to_the_reference_gets_full_marks():
 
 def test_kl_sign_error_loses_the_kl_points_and_says_why():
     m = measurement()
-    m.metrics.kl_unit = {"max_rel_error": 2.0, "student_mean": -30.0, "analytic_mean": 30.0}
+    m.metrics.kl_unit = KLUnitFigures(rows=64, max_rel_error=2.0, student_mean=-30.0, analytic_mean=30.0)
     kl = by_id(m)["kl_divergence"]
     assert kl.points == 0 and "sign" in kl.message and "-30" in kl.message
 
 
 def test_reparameterize_without_noise():
     m = measurement()
-    m.metrics.reparam_unit = {"mean_error": 0.0, "std_error": 1.0, "no_noise": 1.0, "draws": 4096.0}
+    m.metrics.reparam_unit = ReparamUnitFigures(mean_error=0.0, std_error=1.0, no_noise=True, draws=4096)
     check = by_id(m)["reparameterize"]
     assert check.points == 0 and "no noise" in check.message
 
@@ -125,3 +126,28 @@ def test_not_assessable_neither_awards_nor_withholds():
     score, max_score = totals(list(checks.values()))
     unit_points = checks["kl_divergence"].max_points + checks["reparameterize"].max_points
     assert max_score == unit_points and score == unit_points
+
+
+def test_beta10_needs_a_decoder_at_least_as_good_as_the_mean_image():
+    # an untrained VAE: KL ~0 (looks collapsed), reconstructions worse than the mean image
+    check = by_id(measurement(vae_beta10={"kl": 0.001, "mse": 0.2}))["vae_beta10_behaviour"]
+    assert check.points == 0 and "learned nothing" in check.message
+    collapsed = by_id(measurement(vae_beta10={"kl": 0.001, "mse": 0.09}))["vae_beta10_behaviour"]
+    assert collapsed.points == collapsed.max_points
+
+
+def test_memorised_samples_earn_no_sample_credit():
+    check = by_id(measurement(vae_tuned={"sample_memorised": 0.97, "sample_fid": 1.1}))["vae_tuned_samples"]
+    assert check.points == 0 and "97% of the decoded prior samples are copies" in check.message
+    few = by_id(measurement(vae_tuned={"sample_memorised": 0.02}))["vae_tuned_samples"]
+    assert few.points == few.max_points
+
+
+def test_interpolation_between_unrecognisable_ends_earns_nothing():
+    # a constant, confidently classified blob: smooth, "recognised", but its ends are not 1 and 9
+    blob = {"interp_endpoints": 0.0, "interp_accept": 1.0, "interp_smoothness": 0.11}
+    check = by_id(measurement(ae=blob, vae_tuned=blob))["interpolation"]
+    assert check.points == 0 and "start and end on their own digits" in check.message
+    half = by_id(measurement(ae={"interp_endpoints": 0.5}))["interpolation"]
+    # full credit from the reference's 1.0 / slack 1.25 = 0.8, linear to 0: the AE gets 0.5 / 0.8
+    assert half.points == pytest.approx(check.max_points * (0.5 / 0.8 + 1.0) / 2, abs=0.01)
