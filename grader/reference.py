@@ -217,29 +217,6 @@ class ReferenceSet:
             log(f"reference: trained a VAE at beta={beta:g} in {time.perf_counter() - started:.1f} s")
             return beta, trained.model.eval()
 
-    def namespace(
-        self, config: AssignmentConfig, tuned_beta: float | None = None, tuned: VAE | None = None
-    ) -> dict:
-        """The set as a solved notebook's kernel would hold it, under the config's contract names,
-        for the probe; vae_tuned is `tuned` if given, else `vae_at(tuned_beta)` (the best one by
-        default)."""
-        contract = config.contract
-        beta, nearest = self.vae_at(tuned_beta)
-        if tuned is not None:
-            beta = tuned_beta
-        tuned = tuned if tuned is not None else nearest
-        roles = {**self.models, "vae_tuned": tuned}
-        names = {contract.model_names()[role]: model for role, model in roles.items()}
-        names.update({
-            contract.best_beta: beta,
-            contract.reconstruction_loss: models.reconstruction_loss,
-            contract.kl_divergence: models.kl_divergence,
-            contract.reparameterize: models.reparameterize,
-            contract.ae_history: self.histories["ae"],
-            contract.vae_histories: self.histories["vae"],
-        })
-        return names
-
 
 def _beta_name(beta: float) -> str:
     return f"beta={float(beta)!r}"

@@ -18,23 +18,25 @@ TEMPLATES_DIR = PACKAGE_DIR.parent / "templates"
 # What can change a kernel's run and what the grader takes out of it.
 EXECUTION_SOURCES = ("sandbox.py", "execute.py", "inject.py", "probe.py", "unitcheck.py", "config.py",
                      "hints.py", "records.py")
-# What can change the measured numbers and the points: every module of the package (measuring
-# touches models, metrics, the classifier, the reference, scoring, answers and figures).
+# What can change the measured numbers, the points and the figures: every module of the package
+# (measuring touches models, metrics, the classifier, the reference, scoring, answers, figures)
+# but those that only render the PDF or parse the command line.
 RESULT_SOURCES = ("*.py", "metrics/*.py")
-REPORT_SOURCES = ("report.py", "mathtext.py", "figures.py")
+NOT_IN_RESULT = ("report.py", "mathtext.py", "cli.py")
+REPORT_SOURCES = ("report.py", "mathtext.py")
 
 
-def _files(root: Path, patterns: tuple[str, ...]) -> list[Path]:
+def _files(root: Path, patterns: tuple[str, ...], exclude: tuple[str, ...] = ()) -> list[Path]:
     found: set[Path] = set()
     for pattern in patterns:
-        found.update(p for p in root.glob(pattern) if p.is_file())
-    return sorted(found)
+        found.update(p for p in root.glob(pattern) if p.is_file() and "__pycache__" not in p.parts)
+    return sorted(p for p in found if str(p.relative_to(root)) not in exclude)
 
 
-def digest_of(root: Path, patterns: tuple[str, ...]) -> str:
+def digest_of(root: Path, patterns: tuple[str, ...], exclude: tuple[str, ...] = ()) -> str:
     """SHA-256 over the relative names and bytes of the files under root matching patterns."""
     h = hashlib.sha256()
-    for path in _files(root, patterns):
+    for path in _files(root, patterns, exclude):
         h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 
@@ -46,7 +48,7 @@ def execution_digest(root: Path = PACKAGE_DIR) -> str:
 
 @functools.cache
 def result_digest(root: Path = PACKAGE_DIR) -> str:
-    return digest_of(root, RESULT_SOURCES)
+    return digest_of(root, RESULT_SOURCES, NOT_IN_RESULT)
 
 
 @functools.cache

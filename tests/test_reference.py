@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import shutil
 import time
 
@@ -223,19 +222,6 @@ def test_unreadable_or_foreign_metadata_is_corrupt(tiny, tmp_path):
     (copy / META_FILE).write_text(json.dumps(meta))
     with pytest.raises(_CorruptEntry, match="inconsistent"):
         _load_entry(copy, ref.key, cfg)
-
-
-@pytest.mark.slow
-def test_namespace_names_the_contract(tiny):
-    cfg, _, _, _, ref, _ = tiny
-    names = ref.namespace(cfg)
-    contract = cfg.contract
-    assert names[contract.vae_tuned] is ref.models["vae_tuned"] and names[contract.best_beta] == ref.best_beta
-    mu, log_sigma = torch.zeros(2, 3), torch.zeros(2, 3)
-    assert names[contract.kl_divergence](mu, log_sigma).tolist() == [0.0, 0.0]
-    assert not math.isnan(names[contract.reparameterize](mu, log_sigma).sum().item())
-    other = 4.0 if ref.best_beta == 1.0 else 1.0
-    assert ref.namespace(cfg, tuned_beta=other)[contract.vae_tuned] is ref.sweep[other]
 
 
 @pytest.mark.slow
