@@ -236,7 +236,9 @@ def score_samples(check: SampleQualityCheck, m: Measurement) -> CheckResult:
     conf_share = higher_credit(s.sample_confidence, r.sample_confidence / check.slack, 0.1)
     cov_share = higher_credit(s.sample_coverage, r.sample_coverage - 0.1, 0.0)
     w = check.weights
-    share = w.fid * fid_share + w.confidence * conf_share + w.coverage * cov_share
+    # Fréchet distance and confidence count in proportion to class coverage: a generator of one
+    # confidently classified blob (an untrained decoder) is neither diverse nor close to MNIST.
+    share = cov_share * (w.fid * fid_share + w.confidence * conf_share) + w.coverage * cov_share
     message = (
         f"Fréchet distance {_fmt(s.sample_fid)} (reference at the same beta {_fmt(r.sample_fid)}), "
         f"classifier confidence {_fmt(s.sample_confidence)} (reference {_fmt(r.sample_confidence)}), "
@@ -244,7 +246,7 @@ def score_samples(check: SampleQualityCheck, m: Measurement) -> CheckResult:
     )
     band = (f"Fréchet distance: full credit <= {_fmt(check.slack * r.sample_fid)}, none >= "
             f"{_fmt(check.fid_floor_factor * r.sample_fid)} ({w.fid:.0%}); confidence {w.confidence:.0%}; "
-            f"coverage {w.coverage:.0%}")
+            f"coverage {w.coverage:.0%}; the first two scaled by the coverage credit")
     return _result(check, share, message, band)
 
 

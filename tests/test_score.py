@@ -151,3 +151,10 @@ def test_interpolation_between_unrecognisable_ends_earns_nothing():
     half = by_id(measurement(ae={"interp_endpoints": 0.5}))["interpolation"]
     # full credit from the reference's 1.0 / slack 1.25 = 0.8, linear to 0: the AE gets 0.5 / 0.8
     assert half.points == pytest.approx(check.max_points * (0.5 / 0.8 + 1.0) / 2, abs=0.01)
+
+
+def test_a_one_class_generator_earns_almost_no_sample_credit():
+    # measured on an untrained VAE at quick: every sample the same blob, "1" with confidence 0.9998
+    blob = {"sample_fid": 173.6, "sample_confidence": 0.9998, "sample_coverage": 0.1}
+    check = by_id(measurement(vae_tuned=blob))["vae_tuned_samples"]
+    assert check.points <= 0.1 * check.max_points
