@@ -238,3 +238,18 @@ def test_interpolation_accept_counts_intermediates_only():
     assert (q.accept, q.smoothness, q.even_path) == (pytest.approx(0.5), pytest.approx(1 / 3), pytest.approx(1 / 3))
     with pytest.raises(ValueError, match="does not match"):
         interpolation_quality(paths, probs.view(8, 10)[:6])
+
+
+def test_image_bank_nearest_distance_matches_a_brute_force_search():
+    from grader.metrics.memorisation import ImageBank, memorised_share
+
+    generator = torch.Generator().manual_seed(3)
+    real = torch.rand(300, 1, 28, 28, generator=generator)
+    samples = torch.rand(40, 1, 28, 28, generator=generator)
+    samples[:10] = real[100:110] + 0.001          # ten near-copies
+    bank = ImageBank.of(real)
+    pooled_real = real.reshape(300, 14, 2, 14, 2).mean(dim=(2, 4)).reshape(300, -1).double()
+    pooled_samples = samples.reshape(40, 14, 2, 14, 2).mean(dim=(2, 4)).reshape(40, -1).double()
+    brute = torch.cdist(pooled_samples, pooled_real).min(dim=1).values / 14.0   # RMS over 196 pixels
+    torch.testing.assert_close(bank.nearest_distance(samples).double(), brute, atol=1e-4, rtol=1e-4)
+    assert memorised_share(samples, bank, threshold=0.025) == pytest.approx(10 / 40)
