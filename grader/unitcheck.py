@@ -13,7 +13,6 @@ import ast
 import json
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from nbformat import NotebookNode
 
 from .config import AssignmentConfig
 from .probe import read_npz_bounded
-from .sandbox import Sandbox
+from .sandbox import Sandbox, scratch_dir
 
 INPUTS_FILE = "unit_inputs.npz"
 SPEC_FILE = "unit_spec.json"
@@ -181,13 +180,11 @@ def _read_result(directory: Path, returncode: int | None, timed_out: bool, names
 
 
 def run_unit_checks(nb: NotebookNode, config: AssignmentConfig, params: dict, inputs: UnitInputs,
-                    data_dir: Path, scratch_root: Path | None = None) -> UnitResult:
+                    data_dir: Path) -> UnitResult:
     """The student's KL and reparameterization outputs on `inputs`, from a fresh sandboxed process."""
     contract = config.contract
     names = [contract.kl_divergence, contract.reparameterize]
-    with tempfile.TemporaryDirectory(prefix="grader-unit-", dir=scratch_root) as tmp:
-        scratch = Path(tmp) / "scratch"
-        scratch.mkdir()
+    with scratch_dir("unit", config.limits) as scratch:   # size-capped, removed whatever is left
         with Sandbox(scratch, data_dir, config.limits, threads=1) as sandbox:
             spec = {
                 "params": {k: v for k, v in params.items() if k != config.parameters.data_dir},
