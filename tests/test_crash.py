@@ -1,0 +1,82 @@
+"""Crash safety: a grader killed with SIGKILL mid-batch leaves nothing running, and the same
+command again finishes the batch with the gradebook of an uninterrupted run, cleaning up after
+the killed one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+pytestmark = pytest.mark.slow
+GRADER = Path(sys.executable).with_name("grader")
+
+
+def slow_notebook(seconds: float, value: int) -> nbformat.NotebookNode:
+    params = new_code_cell("NZ = 16\nEPOCHS = 1\nDATA_DIR = './data'", metadata={"tags": ["parameters"]})
+    return new_notebook(cells=[
+        params, new_code_cell(f"import time\ntime.sleep({seconds})\nbest_beta = {value}.0"),
+        new_markdown_cell("Inline Question: Describe your observations, why do you think they occur? [2pt] "
+                          "(please limit your answer to <150 words)\n\n**Answer:** blurry."),
+    ])
+
+
+def grade_command(folder: Path, out: Path) -> list[str]:
+    return [str(GRADER), "grade", str(folder), "--out", str(out), "--preset", "smoke", "--workers", "1"]
+
+
+def processes_mentioning(text: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and entry.name != str(os.getpid()):
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmdline:
+                found.append(f"{entry.name}: {cmdline[:120]}")
+    return found
+
+
+def test_kill_9_mid_batch_then_the_same_command_gives_the_uninterrupted_gradebook(tmp_path):
+    folder = tmp_path / "submissions"
+    folder.mkdir()
+    for i in range(3):
+        nbformat.write(slow_notebook(3, i), folder / f"student{i}.ipynb")
+    whole = tmp_path / "whole"
+    subprocess.run(grade_command(folder, whole), check=True, capture_output=True, timeout=600)
+
+    out = tmp_path / "killed"
+    grader = subprocess.Popen(grade_command(folder, out), start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list(out.glob("*/execution.json")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert list(out.glob("*/execution.json")), "the batch never got going"
+    time.sleep(1.0)  # mid-way through the next notebook
+    os.killpg(grader.pid, signal.SIGKILL)
+    grader.wait()
+    tag = f"grader-{grader.pid}."
+    left = [p for p in Path(tempfile.gettempdir()).glob(f"{tag}*")]
+    assert left, "a killed run leaves its scratch and runtime directories (what the next run must remove)"
+    time.sleep(2.0)
+    assert processes_mentioning(tag) == []                 # no kernel, sandbox or bwrap survives
+    assert not (out / "gradebook.csv").exists()
+
+    subprocess.run(grade_command(folder, out), check=True, capture_output=True, timeout=600)
+    assert (out / "gradebook.csv").read_text() == (whole / "gradebook.csv").read_text()
+    rows = (out / "gradebook.csv").read_text().splitlines()[1:]
+    assert len(rows) == len(set(rows)) == 3
+    for result in out.glob("*/result.json"):
+        json.loads(result.read_text())                     # no half-written file
+    assert not list(out.rglob(".*.tmp"))                   # no temporary file of the atomic writes
+    assert [p for p in left if p.exists()] == []           # the killed run's scratch and keys are gone
