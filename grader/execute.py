@@ -30,7 +30,7 @@ from time import monotonic
 
 import nbformat
 from nbclient import NotebookClient
-from nbclient.exceptions import CellTimeoutError, DeadKernelError
+from nbclient.exceptions import CellControlSignal, CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
 
 from .config import AssignmentConfig
@@ -86,10 +86,23 @@ def _content_size(msg: dict) -> int:
     return len(json.dumps(content.get("data", {}))) + len(json.dumps(content.get("metadata", {})))
 
 
+def _comm_size(msg: dict) -> int:
+    """What storing a comm message's widget state costs: its data, and its buffers as base64."""
+    data = msg["content"].get("data", {})
+    return len(json.dumps(data, default=str)) + sum(len(b) for b in msg.get("buffers") or []) * 4 // 3
+
+
 class SandboxClient(NotebookClient):
     """nbclient's client with a float time budget per cell, timeouts that interrupt and then wait
-    a grace period (nbclient's own would wait a whole cell budget again), an output cap per cell,
-    and the last execute_reply kept for the cell's record."""
+    a grace period (nbclient's own would wait a whole cell budget again), the last execute_reply
+    kept for the cell's record, and caps on everything a kernel sends that the grader keeps:
+
+    - outputs: output_bytes per cell, display updates included (nbclient rewrites every output
+      shown under a display id in place, outside output());
+    - widget state: output_bytes for the whole notebook, as the executed notebook's metadata;
+    - a message the kernel forged or mangled (a widget without _model_module, a status without a
+      state) is dropped and counted, never an exception that stops the grader.
+    """
 
     def __init__(self, nb: NotebookNode, km: SandboxedKernelManager, *, sandbox: Sandbox, output_bytes: int):
         super().__init__(
@@ -111,8 +124,11 @@ class SandboxClient(NotebookClient):
         self.output_bytes = output_bytes
         self.timed_out = False
         self.last_reply: dict | None = None
+        self.dropped_messages = 0
         self._kept: dict[int, int] = {}
+        self._sizes: dict[int, dict[int, int]] = {}  # cell -> output index -> size, for display outputs
         self._truncated: set[int] = set()
+        self._widget_bytes = 0
         self.on_cell_executed = self._keep_reply
 
     def _keep_reply(self, cell: NotebookNode, cell_index: int, execute_reply: dict) -> None:
@@ -130,9 +146,20 @@ class SandboxClient(NotebookClient):
                 "the kernel did not respond to an interrupt", timeout, cell
             ) from None
 
+    def process_message(self, msg, cell, cell_index):
+        try:
+            return super().process_message(msg, cell, cell_index)
+        except CellControlSignal:  # the cell's end: nbclient's own control flow
+            raise
+        except Exception as exc:  # the kernel is the student's: any message can be malformed
+            self.dropped_messages += 1
+            self.log.warning("dropped a malformed %s message: %r", msg.get("msg_type"), exc)
+            return None
+
     def output(self, outs, msg, display_id, cell_index):
         if self.clear_before_next_output:  # nbclient empties outs before appending this one
             self._kept[cell_index] = 0
+            self._sizes.pop(cell_index, None)
         if msg["msg_type"] == "error":  # always kept, shortened if huge (a 50 MB exception message)
             content = msg["content"]
             traceback = "\n".join(content.get("traceback", []))
@@ -143,7 +170,11 @@ class SandboxClient(NotebookClient):
         kept, size = self._kept.get(cell_index, 0), _content_size(msg)
         if kept + size <= self.output_bytes:
             self._kept[cell_index] = kept + size
-            return self._append(outs, msg, display_id, cell_index)
+            out = self._append(outs, msg, display_id, cell_index)
+            if display_id and out is not None:  # where nbclient will rewrite it on an update
+                index = self._display_id_map[display_id][cell_index][-1]
+                self._sizes.setdefault(cell_index, {})[index] = size
+            return out
         if cell_index in self._truncated:
             return None
         self._truncated.add(cell_index)
@@ -173,6 +204,54 @@ class SandboxClient(NotebookClient):
         super().clear_output(outs, msg, cell_index)
         if not outs:
             self._kept[cell_index] = 0
+            self._sizes.pop(cell_index, None)
+
+    def _update_display_id(self, display_id, msg):
+        """nbclient's in-place rewrite of every output shown under display_id, each cell's share
+        charged to that cell's budget; a share that does not fit leaves the outputs as they were
+        and marks the first."""
+        if display_id not in self._display_id_map:
+            return
+        header = msg["header"]
+        msg = {**msg, "msg_type": "display_data", "header": {**header, "msg_type": "display_data"}}
+        out, size = nbformat.v4.output_from_msg(msg), _content_size(msg)
+        for cell_index, indices in self._display_id_map[display_id].items():
+            outputs, sizes = self.nb.cells[cell_index].outputs, self._sizes.setdefault(cell_index, {})
+            indices = [i for i in indices if i < len(outputs)]
+            room = self.output_bytes - self._kept.get(cell_index, 0) + sum(sizes.get(i, 0) for i in indices)
+            if size * len(indices) > room:
+                if indices and cell_index not in self._truncated:
+                    self._truncated.add(cell_index)
+                    outputs[indices[0]]["data"] = {"text/plain": TRUNCATED.format(limit=self.output_bytes)}
+                continue
+            for i in indices:
+                outputs[i]["data"], outputs[i]["metadata"], sizes[i] = out["data"], out["metadata"], size
+            self._kept[cell_index] = self.output_bytes - room + size * len(indices)
+
+    def handle_comm_msg(self, outs, msg, cell_index):
+        """Widget state is kept (nbclient stores it as the notebook's metadata) up to output_bytes
+        for the whole notebook; past that, further state is not stored."""
+        size = _comm_size(msg)
+        self.store_widget_state = self._widget_bytes + size <= self.output_bytes
+        if self.store_widget_state:
+            self._widget_bytes += size
+        super().handle_comm_msg(outs, msg, cell_index)
+
+    def on_comm_open_jupyter_widget(self, msg):
+        """nbclient's front-end mimic for output widgets; a widget message without the fields it
+        expects (no state, no _model_module) is no widget the grader needs: ignored."""
+        try:
+            return super().on_comm_open_jupyter_widget(msg)
+        except (KeyError, TypeError, AttributeError):
+            return None
+
+    def set_widgets_metadata(self) -> None:
+        """nbclient's widget metadata, left out when it passes the cap (an output widget's
+        outputs are added to its state outside handle_comm_msg)."""
+        super().set_widgets_metadata()
+        widgets = self.nb.metadata.get("widgets")
+        if widgets is not None and len(json.dumps(widgets, default=str)) > self.output_bytes:
+            del self.nb.metadata["widgets"]
 
 
 # --- running cells -----------------------------------------------------------------------------
@@ -275,17 +354,22 @@ async def _run_notebook(nb: NotebookNode, sandbox: Sandbox, *, probe_code: str |
                         cell_timeout: float, notebook_timeout: float, output_bytes: int) -> _Run:
     run = _Run()
     client = SandboxClient(nb, SandboxedKernelManager(sandbox), sandbox=sandbox, output_bytes=output_bytes)
+    launcher = None
     try:
         await client.async_start_new_kernel(env=sandbox.environment(), cwd=str(sandbox.scratch_dir),
                                             stdout=DEVNULL, stderr=PIPE)
-        client.stderr_tail = _StderrTail(client.km.provisioner.process.stderr)
-        kernel = client.async_setup_kernel()  # connects and waits for the kernel's first reply
+        launcher = client.km.provisioner.process
+        client.stderr_tail = _StderrTail(launcher.stderr)
+        # Connects and waits for the kernel's first reply; on leaving, kills the kernel and waits
+        # for its launcher (nbclient leaves a kernel manager it was given running otherwise).
+        kernel = client.async_setup_kernel(cleanup_kc=True)
         await kernel.__aenter__()
         _restore_default_signals()
     except Exception as exc:
         atexit.unregister(client._cleanup_kernel)  # nbclient leaves it registered on failure
         await asyncio.sleep(0.1)
         tail = client.stderr_tail.text() if client.stderr_tail else ""
+        await _reap(launcher)
         raise SandboxError(f"the sandboxed kernel did not start ({exc}); its error output:\n{tail}") from exc
     try:
         alive = await _run_cells(client, nb, run, cell_timeout, notebook_timeout)
@@ -295,7 +379,24 @@ async def _run_notebook(nb: NotebookNode, sandbox: Sandbox, *, probe_code: str |
             await _run_probe(client, nb, run, probe_code, cell_timeout)
     finally:
         await kernel.__aexit__(None, None, None)
+        await _reap(launcher)
+    client.set_widgets_metadata()
+    if client.dropped_messages:
+        run.errors.append(f"the grader ignored {client.dropped_messages} malformed message(s) from the kernel")
     return run
+
+
+async def _reap(launcher, grace_s: float = 5.0) -> None:
+    """Make sure the kernel's launcher (bwrap) is dead and waited for: unwaited, each notebook
+    would leave a zombie bwrap until the grader exits."""
+    if launcher is None:
+        return
+    deadline = monotonic() + grace_s
+    while launcher.poll() is None and monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    if launcher.poll() is None:
+        launcher.kill()
+        await asyncio.to_thread(launcher.wait)
 
 
 def _restore_default_signals() -> None:

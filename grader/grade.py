@@ -139,6 +139,7 @@ def execution_key(ctx: GradingContext, notebook: Path) -> str:
 
 def run_execution(ctx: GradingContext, notebook: Path, out: Path) -> ExecutionResult:
     """Execute one notebook in a fresh scratch directory, or reuse a finished run of the same key."""
+    from . import sandbox
     from .execute import execute_notebook
 
     key = execution_key(ctx, notebook)
@@ -151,7 +152,7 @@ def run_execution(ctx: GradingContext, notebook: Path, out: Path) -> ExecutionRe
         except (ValueError, KeyError):
             pass  # unreadable record: run again
     out.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f"grader-{notebook.stem[:40]}-"))
+    scratch = sandbox.make_scratch_dir(notebook.stem, ctx.config.limits)  # a size-capped tmpfs where possible
     try:
         ctx.inputs.save(scratch / INPUTS_FILE)
         result = execute_notebook(
@@ -169,7 +170,7 @@ def run_execution(ctx: GradingContext, notebook: Path, out: Path) -> ExecutionRe
         result.executed_notebook = "executed.ipynb" if (out / "executed.ipynb").exists() else None
         result.probe_file = OUTPUT_FILE if (out / OUTPUT_FILE).exists() else None
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        sandbox.remove_tree(scratch)  # any depth; unmounts the tmpfs
     atomic.write_text(record, json.dumps({"key": key, "result": result.model_dump()}, indent=1))
     return result
 

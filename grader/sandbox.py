@@ -8,9 +8,18 @@ Layers, each optional so that the grader still runs (with a warning) on a host t
   output, no repository, and has no network (only its own loopback).
 - an unprivileged uid of its own (setpriv), taken from a pool and locked while in use, so that the
   per-uid process limit counts this kernel alone and no two kernels can signal or read each other.
-- limits: RLIMIT_DATA per process and RLIMIT_NPROC (prlimit); a memory and a pids cgroup for the
-  whole tree where the host lets us create one. RLIMIT_AS is not used: PyTorch reserves far more
-  address space than it touches and fails under it.
+- limits: RLIMIT_DATA, RLIMIT_FSIZE per process and RLIMIT_NPROC (prlimit); a memory, a pids and
+  a cpu cgroup for the whole tree where the host lets us create them. RLIMIT_AS is not used:
+  PyTorch reserves far more address space than it touches and fails under it.
+- disk: the scratch directory (from make_scratch_dir) and the runtime directory are tmpfs mounts of
+  a fixed size, and so are the private /tmp and /dev/shm (bwrap --size): a notebook cannot fill
+  the host's disk. tmpfs pages are memory, charged to the kernel's memory cgroup.
+- no user namespaces inside (a seccomp filter bwrap loads): a kernel cannot become "root" of a
+  namespace of its own and reach kernel code that only such a root can.
+
+Every directory and mount the grader makes is named for its owner (pid and start time), so that
+the next run can remove what a killed grader left behind (reap_stale_dirs); remove_tree removes
+one whatever is inside it.
 
 The kernel is an ordinary ipykernel reached over ZeroMQ ipc sockets (TCP cannot cross the new
 network namespace) in a private runtime directory bound into the sandbox at the same path.
@@ -18,13 +27,19 @@ network namespace) in a private runtime directory bound into the sandbox at the 
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import ctypes
+import errno
 import fcntl
 import functools
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -51,8 +66,11 @@ ETC_FILES = (
 )
 
 # Moves the shell into the sandbox's cgroups, then becomes the command (so that the whole tree,
-# including processes that call setsid, is charged and capped from its first instruction).
-_CGROUP_JOIN = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
+# including processes that call setsid, is charged and capped from its first instruction). $1, if
+# not empty, is the seccomp filter, opened on fd 3 for bwrap's --seccomp 3.
+_LAUNCH = ('f=$1; shift; while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; '
+           'if [ -n "$f" ]; then exec 3<"$f" || exit 125; fi; exec "$@"')
+SECCOMP_FD = "3"
 
 
 class SandboxError(GraderError):
@@ -88,6 +106,82 @@ def _can_switch_uid() -> bool:
     return os.geteuid() == 0 and shutil.which("setpriv") is not None
 
 
+# --- no user namespaces inside: a seccomp filter, loaded by bwrap (--seccomp FD) -----------------
+#
+# A kernel that makes a user namespace becomes "root" in it and reaches kernel code only such a
+# root can (the source of many local privilege escalations). bwrap's --disable-userns would need
+# bwrap itself in a user namespace, run as the kernel's uid, which then cannot reach a Python that
+# only root can (/root/.pyenv): a filter keeps the launch order and works with any bwrap.
+
+_BPF_LD_ABS, _BPF_JEQ, _BPF_JGE, _BPF_JSET, _BPF_RET = 0x20, 0x15, 0x35, 0x45, 0x06
+_RET_ALLOW, _RET_ERRNO = 0x7FFF0000, 0x00050000
+_CLONE_NEWUSER = 0x10000000
+# machine -> (audit arch, unshare, clone, clone3, lowest number of another ABI on the same arch)
+_SYSCALLS = {"x86_64": (0xC000003E, 272, 56, 435, 0x40000000),   # x32 numbers have bit 30 set
+             "aarch64": (0xC00000B7, 97, 220, 435, None)}
+
+
+def _userns_filter(machine: str) -> bytes | None:
+    """The BPF program (struct sock_filter[]): unshare/clone with CLONE_NEWUSER fail with EPERM;
+    clone3 (whose flags a filter cannot read) with ENOSYS, so that libc falls back to clone; the
+    syscalls of another ABI (int 0x80, x32) with ENOSYS. None on an unknown machine."""
+    if machine not in _SYSCALLS:
+        return None
+    arch, unshare, clone, clone3, other_abi = _SYSCALLS[machine]
+    prog = [  # (code, jump if true, jump if false, k); jumps count the instructions skipped
+        (_BPF_LD_ABS, 0, 0, 4),                  # 0 arch
+        (_BPF_JEQ, 0, 10, arch),                 # 1 another arch -> 12 ENOSYS
+        (_BPF_LD_ABS, 0, 0, 0),                  # 2 syscall number
+        (_BPF_JGE, 8, 0, other_abi or 0xFFFFFFFF),  # 3 another ABI -> 12 ENOSYS
+        (_BPF_JEQ, 3, 0, unshare),               # 4 -> 8
+        (_BPF_JEQ, 2, 0, clone),                 # 5 -> 8
+        (_BPF_JEQ, 5, 0, clone3),                # 6 -> 12 ENOSYS
+        (_BPF_RET, 0, 0, _RET_ALLOW),            # 7
+        (_BPF_LD_ABS, 0, 0, 16),                 # 8 the low half of the first argument: the flags
+        (_BPF_JSET, 1, 0, _CLONE_NEWUSER),       # 9 -> 11 EPERM
+        (_BPF_RET, 0, 0, _RET_ALLOW),            # 10
+        (_BPF_RET, 0, 0, _RET_ERRNO | errno.EPERM),   # 11
+        (_BPF_RET, 0, 0, _RET_ERRNO | errno.ENOSYS),  # 12
+    ]
+    return b"".join(struct.pack("<HBBI", *ins) for ins in prog)
+
+
+@functools.cache
+def _userns_filter_file() -> str | None:
+    """This grader's filter as a file, for the launcher shell to open as bwrap's --seccomp fd."""
+    program = _userns_filter(os.uname().machine)
+    if program is None or not _bwrap_has("--seccomp"):
+        return None
+    fd, path = tempfile.mkstemp(prefix=f"{owner_tag()}-seccomp-")  # 0600; reaped once we are gone
+    with os.fdopen(fd, "wb") as f:
+        f.write(program)
+    atexit.register(lambda: Path(path).unlink(missing_ok=True))
+    return path
+
+
+def _userns_warning() -> str | None:
+    if _bwrap()[0] is None or _userns_filter_file() is not None:
+        return None  # without bwrap its own warning says more
+    return (f"no user-namespace filter for this machine ({os.uname().machine}) or bubblewrap (--seccomp): "
+            "the notebook could create user namespaces of its own inside the sandbox")
+
+
+@functools.cache
+def _can_mount() -> bool:
+    """Whether this grader may mount a tmpfs (root, and not a container that forbids it)."""
+    if os.geteuid() != 0:
+        return False
+    probe = _private_dir("probe")
+    try:
+        _mount_tmpfs(probe, 1, 16)
+        _unmount(str(probe))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.rmdir()
+
+
 def sandbox_capabilities() -> list[str]:
     """One sentence per protection this host cannot give a kernel (empty: it gives them all)."""
     warnings = []
@@ -100,23 +194,36 @@ def sandbox_capabilities() -> list[str]:
             "without a per-kernel process limit"
         )
     if shutil.which("prlimit") is None:
-        warnings.append("prlimit (util-linux) is missing: no per-process memory or process limit")
-    probe = _CgroupSet.create(1 << 30, 64)
+        warnings.append("prlimit (util-linux) is missing: no per-process memory, file-size or process limit")
+    if not _can_mount():
+        warnings.append(_DISK_WARNING.format(files="limits.file_mb"))
+    probe = _CgroupSet.create(1 << 30, 64, cpus=1)
     if probe is None:
         warnings.append(
             "no writable memory and pids cgroups: memory is capped per process only, "
             "not for the kernel and its children together"
         )
     else:
+        if not probe.cpu_limited:
+            warnings.append(_CPU_WARNING.format(cpus="limits.threads"))
         probe.remove()
+    userns = _userns_warning()
+    if userns:
+        warnings.append(userns)
     return warnings
+
+
+_DISK_WARNING = ("no size-capped tmpfs for the scratch directory (the grader is not root, or the "
+                 "directory was not made by make_scratch_dir): the notebook's files were capped "
+                 "one by one ({files}), not in total")
+_CPU_WARNING = "no cpu cgroup: the kernel and its processes could use every CPU of the host, not {cpus}"
 
 
 # --- cgroups -----------------------------------------------------------------------------------
 
 
 def _cgroup_mounts() -> dict[str, Path]:
-    """controller ('memory', 'pids', or 'unified' for v2) -> mount point."""
+    """controller ('memory', 'pids', 'cpu', or 'unified' for v2) -> mount point."""
     mounts: dict[str, Path] = {}
     try:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
@@ -130,14 +237,14 @@ def _cgroup_mounts() -> dict[str, Path]:
         if tail[0] == "cgroup2":
             mounts.setdefault("unified", Path(fields[4]))
         elif tail[0] == "cgroup":
-            for controller in ("memory", "pids"):
+            for controller in ("memory", "pids", "cpu"):
                 if controller in tail[2].split(","):
                     mounts.setdefault(controller, Path(fields[4]))
     return mounts
 
 
 def _own_cgroup(controller: str) -> str | None:
-    """This process's cgroup path in a v1 hierarchy ('memory', 'pids') or v2 ('')."""
+    """This process's cgroup path in a v1 hierarchy ('memory', 'pids', 'cpu') or v2 ('')."""
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
@@ -149,44 +256,43 @@ def _own_cgroup(controller: str) -> str | None:
     return None
 
 
-class _CgroupSet:
-    """Fresh child cgroups (v1: one memory + one pids; v2: one with both) for one sandbox."""
+CPU_PERIOD_US = 100_000
 
-    def __init__(self, dirs: list[Path], oom_events: Path):
+
+class _CgroupSet:
+    """Fresh child cgroups (v1: one memory + one pids + one cpu; v2: one with all) for one sandbox.
+    The cpu limit is optional (cpu_limited says whether it was set): a fork bomb on shared cores
+    then gets `cpus` CPUs' worth of time, not the whole machine."""
+
+    def __init__(self, dirs: list[Path], oom_events: Path, cpu_limited: bool = False):
         self.dirs = dirs
         self.oom_events = oom_events
+        self.cpu_limited = cpu_limited
 
     @classmethod
-    def create(cls, memory_bytes: int, processes: int) -> "_CgroupSet | None":
+    def create(cls, memory_bytes: int, processes: int, cpus: int | None = None) -> "_CgroupSet | None":
         name = f"grader-{secrets.token_hex(6)}"
         mounts = _cgroup_mounts()
         made: list[Path] = []
         try:
             if "memory" in mounts and "pids" in mounts:
-                memory = mounts["memory"] / (_own_cgroup("memory") or "/").lstrip("/") / name
-                pids = mounts["pids"] / (_own_cgroup("pids") or "/").lstrip("/") / name
-                for directory in (memory, pids):
-                    _remove_stale_siblings(directory)
-                    directory.mkdir()
-                    made.append(directory)
+                memory, pids = (_fresh_cgroup(mounts[c], c, name, made) for c in ("memory", "pids"))
                 (memory / "memory.limit_in_bytes").write_text(str(memory_bytes))
                 try:  # forbid swap too where swap accounting exists
                     (memory / "memory.memsw.limit_in_bytes").write_text(str(memory_bytes))
                 except OSError:
                     pass
                 (pids / "pids.max").write_text(str(processes))
-                return cls([memory, pids], memory / "memory.oom_control")
+                cpu_limited = bool(cpus) and "cpu" in mounts and _cpu_cgroup_v1(mounts["cpu"], name, cpus, made)
+                return cls(made, memory / "memory.oom_control", cpu_limited)
             if "unified" in mounts:
                 parent = mounts["unified"] / (_own_cgroup("") or "/").lstrip("/")
                 (parent / "cgroup.subtree_control").write_text("+memory +pids")
-                unified = parent / name
-                _remove_stale_siblings(unified)
-                unified.mkdir()
-                made.append(unified)
+                unified = _fresh_cgroup(mounts["unified"], "", name, made)
                 (unified / "memory.max").write_text(str(memory_bytes))
                 (unified / "memory.swap.max").write_text("0")
                 (unified / "pids.max").write_text(str(processes))
-                return cls([unified], unified / "memory.events")
+                return cls(made, unified / "memory.events", bool(cpus) and _cpu_max_v2(parent, unified, cpus))
         except OSError:
             pass
         for directory in made:
@@ -214,6 +320,38 @@ class _CgroupSet:
                 _kill(pid)
         for directory in self.dirs:
             _rmdir_quietly(directory)
+
+
+def _fresh_cgroup(mount: Path, controller: str, name: str, made: list[Path]) -> Path:
+    directory = mount / (_own_cgroup(controller) or "/").lstrip("/") / name
+    _remove_stale_siblings(directory)
+    directory.mkdir()
+    made.append(directory)
+    return directory
+
+
+def _cpu_cgroup_v1(mount: Path, name: str, cpus: int, made: list[Path]) -> bool:
+    try:
+        cpu = _fresh_cgroup(mount, "cpu", name, made)
+    except OSError:
+        return False
+    try:
+        (cpu / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+        (cpu / "cpu.cfs_quota_us").write_text(str(cpus * CPU_PERIOD_US))
+        return True
+    except OSError:
+        made.remove(cpu)
+        _rmdir_quietly(cpu)
+        return False
+
+
+def _cpu_max_v2(parent: Path, unified: Path, cpus: int) -> bool:
+    try:
+        (parent / "cgroup.subtree_control").write_text("+cpu")
+        (unified / "cpu.max").write_text(f"{cpus * CPU_PERIOD_US} {CPU_PERIOD_US}")
+        return True
+    except OSError:
+        return False
 
 
 def _remove_stale_siblings(directory: Path, min_age_s: float = 300) -> None:
@@ -290,6 +428,154 @@ def _kill_uid_processes(uid: int) -> None:
                 pass
 
 
+# --- private directories: named for their owner, size-capped, removable whatever is inside ------
+
+# Names and tmpfs sources: grader-<pid>.<start time>.<pid namespace>-...; the owner is alive while a
+# process of that pid has that start time in that namespace (a reused pid has another start time).
+_OWNED = re.compile(r"^grader-(\d+)\.(\d+)\.(\d+)(?:-|$)")
+RUNTIME_MB = 1            # the runtime dir holds a connection file and five sockets
+GRADER_HEADROOM_MB = 256  # added to a full scratch tmpfs after the sandbox, for the executed notebook
+_MS_NOSUID, _MS_NODEV, _MS_REMOUNT = 2, 4, 32
+_MNT_DETACH, _UMOUNT_NOFOLLOW = 2, 8
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _start_time(pid: int) -> str | None:
+    try:  # field 22 of /proc/PID/stat; the command name before it may hold spaces and parentheses
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid").strip("pid:[]")
+    except OSError:
+        return "0"
+
+
+def owner_tag() -> str:
+    """This grader process's mark on the directories and mounts it makes."""
+    pid = os.getpid()
+    return f"grader-{pid}.{_start_time(pid)}.{_pid_namespace()}"
+
+
+def _owner_dead(name: str) -> bool:
+    """Whether name carries the tag of a grader that no longer runs (only judged in our pid namespace)."""
+    match = _OWNED.match(name)
+    if match is None or match[3] != _pid_namespace():
+        return False
+    return _start_time(int(match[1])) != match[2]
+
+
+def _mounts() -> list[tuple[str, str, str]]:
+    """(mount point, file-system type, source) of this mount namespace, in mount order."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    unescape = functools.partial(re.sub, r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)))
+    mounts = []
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) >= 5 and len(tail) >= 2:
+            mounts.append((unescape(fields[4]), tail[0], unescape(tail[1])))
+    return mounts
+
+
+def _our_tmpfs(path: Path) -> bool:
+    return any(point == str(path) and kind == "tmpfs" and _OWNED.match(source)
+               for point, kind, source in _mounts())
+
+
+def _mount_tmpfs(path: Path, size_mb: int, inodes: int, *, remount: bool = False) -> None:
+    """A tmpfs of size_mb on path (root only; OSError where mounting is not allowed)."""
+    flags = _MS_NOSUID | _MS_NODEV | (_MS_REMOUNT if remount else 0)
+    options = f"size={size_mb}m,nr_inodes={inodes}" + ("" if remount else ",mode=0700")
+    if _libc.mount(owner_tag().encode(), os.fsencode(path), b"tmpfs", flags, options.encode()) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(path))
+
+
+def _unmount(path: str) -> None:
+    # Detached: whatever still has it open keeps it until it lets go; the contents go with it.
+    _libc.umount2(os.fsencode(path), _MNT_DETACH | _UMOUNT_NOFOLLOW)
+
+
+def _inodes(size_mb: int) -> int:
+    return max(size_mb * 32, 1024)  # files, not only bytes: each inode is kernel memory
+
+
+def _private_dir(kind: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"{owner_tag()}-{kind}-"))
+
+
+def make_scratch_dir(stem: str, limits: Limits) -> Path:
+    """A fresh scratch directory for one notebook (for execute_notebook), in the temp directory,
+    named for this grader; where the grader may mount (root), a tmpfs of limits.disk_mb, the
+    notebook's disk cap. Remove it with remove_tree, after taking what the grader keeps."""
+    reap_stale_dirs()
+    path = _private_dir(re.sub(r"[^A-Za-z0-9_.-]", "_", stem)[:40] or "notebook")
+    try:
+        _mount_tmpfs(path, limits.disk_mb, _inodes(limits.disk_mb))
+    except OSError:
+        pass  # the Sandbox finds the directory uncapped and says so in its warnings
+    return path
+
+
+@contextlib.contextmanager
+def scratch_dir(stem: str, limits: Limits):
+    """make_scratch_dir as a context: the directory is removed (remove_tree) on leaving."""
+    path = make_scratch_dir(stem, limits)
+    try:
+        yield path
+    finally:
+        remove_tree(path)
+
+
+def remove_tree(path: Path | str) -> None:
+    """Remove path and everything under it, whatever the tree (1500 levels deep, longer than
+    PATH_MAX, mode 000): our tmpfs mounts on or under it are detached first, their contents with
+    them; then rm -rf, which never follows a link and stays on this file system. Never raises."""
+    path = Path(os.path.realpath(Path(path).parent)) / Path(path).name
+    inside = [point for point, kind, source in _mounts() if kind == "tmpfs" and _OWNED.match(source)
+              and (point == str(path) or point.startswith(f"{path}/"))]
+    for point in reversed(inside):  # the innermost first
+        _unmount(point)
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    for _ in range(2):
+        if not os.path.lexists(path):
+            return
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], **quiet)
+        if os.path.lexists(path):  # not root: a notebook run as the grader's user may lock dirs (000)
+            subprocess.run(["chmod", "-R", "u+rwx", "--", str(path)], **quiet)
+
+
+def _ours(entry: Path) -> bool:
+    try:
+        uid = entry.lstat().st_uid
+    except OSError:
+        return False
+    return uid == os.geteuid() or UID_BASE <= uid < UID_BASE + UID_POOL
+
+
+def reap_stale_dirs() -> list[str]:
+    """Unmount the tmpfs mounts and remove the scratch and runtime directories (the kernel's key
+    among them) of graders that died without cleaning up (kill -9). Returns what went. Cheap: call
+    it at the start of a run; make_scratch_dir and every Sandbox call it."""
+    gone = []
+    for point, kind, source in reversed(_mounts()):
+        if kind == "tmpfs" and _owner_dead(source):
+            _unmount(point)
+            gone.append(point)
+    for entry in Path(tempfile.gettempdir()).glob("grader-*"):
+        if _owner_dead(entry.name) and _ours(entry):
+            remove_tree(entry)
+            gone.append(str(entry))
+    return gone
+
+
 # --- the sandbox -------------------------------------------------------------------------------
 
 
@@ -346,6 +632,8 @@ class Sandbox:
         self.runtime_dir: Path | None = None
         self._uid_lock: IO[str] | None = None
         self._cgroups: _CgroupSet | None = None
+        self._scratch_capped = False
+        self._seccomp = _userns_filter_file() if self.bwrap else None
 
     # lifecycle
 
@@ -362,6 +650,7 @@ class Sandbox:
 
     def _prepare(self) -> None:
         limits = self.limits
+        reap_stale_dirs()
         if _can_switch_uid():
             self.uid, self._uid_lock = _claim_uid()
             os.chown(self.scratch_dir, self.uid, self.uid)
@@ -379,29 +668,56 @@ class Sandbox:
             self.data_path.mkdir(mode=0o755)
         else:  # a private copy: the kernel can neither reach nor change the grader's cache
             shutil.copytree(self.data_dir, self.data_path)
-        # Connection file and ipc sockets: a short path (sockets allow ~107 bytes), private to
-        # the kernel's uid; root (the grader) connects regardless of the mode.
-        self.runtime_dir = Path(tempfile.mkdtemp(prefix="grader-kernel-"))
+        self._prepare_runtime_dir()
+        self._prepare_cgroups()
+        self._scratch_capped = _our_tmpfs(self.scratch_dir)
+        if not self._scratch_capped:
+            self.warnings.append(_DISK_WARNING.format(files=f"{limits.file_mb} MB each"))
+        userns = _userns_warning()
+        if userns:
+            self.warnings.append(userns)
+        if shutil.which("prlimit") is None:
+            self.warnings.append("prlimit is missing: no per-process memory, file-size or process limit was set")
+
+    def _prepare_runtime_dir(self) -> None:
+        """Connection file and ipc sockets: a short path (sockets allow ~107 bytes), private to the
+        kernel's uid (root, the grader, connects regardless), a tiny tmpfs where we may mount."""
+        self.runtime_dir = _private_dir("kernel")
+        try:
+            _mount_tmpfs(self.runtime_dir, RUNTIME_MB, 64)
+        except OSError:
+            pass  # the scratch directory's warning says the same: no tmpfs could be mounted
         if self.uid is not None:
             os.chown(self.runtime_dir, self.uid, self.uid)
-        self._cgroups = _CgroupSet.create(limits.memory_mb << 20, limits.processes) if self.uid is not None else None
+
+    def _prepare_cgroups(self) -> None:
+        limits = self.limits
+        if self.uid is not None:
+            self._cgroups = _CgroupSet.create(limits.memory_mb << 20, limits.processes, cpus=limits.threads)
         if self._cgroups is None:
             self.warnings.append(
                 "no memory/pids cgroup could be created: memory is capped per process "
                 f"({limits.memory_mb} MB each), not for the kernel and its children together"
             )
-        if shutil.which("prlimit") is None:
-            self.warnings.append("prlimit is missing: no per-process memory or process limit was set")
+        if self._cgroups is None or not self._cgroups.cpu_limited:
+            self.warnings.append(_CPU_WARNING.format(cpus=f"its {limits.threads} CPU(s)"))
 
     def close(self) -> None:
+        """Stop every process of the sandbox and remove what it made. The scratch directory stays
+        (with its contents) for the caller; a full scratch tmpfs gets room for the grader's files."""
         if self._cgroups is not None:
             self._cgroups.remove()
             self._cgroups = None
         if self.uid is not None:
             _kill_uid_processes(self.uid)
         if self.runtime_dir is not None:
-            shutil.rmtree(self.runtime_dir, ignore_errors=True)
+            remove_tree(self.runtime_dir)
             self.runtime_dir = None
+        if self._scratch_capped:  # nothing of the notebook runs any more: it cannot take this room
+            disk = self.limits.disk_mb + GRADER_HEADROOM_MB
+            with contextlib.suppress(OSError):
+                _mount_tmpfs(self.scratch_dir, disk, _inodes(self.limits.disk_mb) + 1024, remount=True)
+            self._scratch_capped = False
         if self._uid_lock is not None:
             self._uid_lock.close()
             self._uid_lock = None
@@ -428,26 +744,29 @@ class Sandbox:
         }
 
     def wrap(self, argv: list[str]) -> list[str]:
-        """argv wrapped in: cgroup join -> bwrap -> limits -> unprivileged uid -> argv."""
+        """argv wrapped in: launcher (cgroup join, filter fd) -> bwrap -> limits -> unprivileged uid -> argv."""
         cmd = list(argv)
         if self.uid is not None:
             cmd = [shutil.which("setpriv") or "setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups",
                    "--inh-caps=-all", "--", *cmd]
         prlimit = shutil.which("prlimit")
         if prlimit:
-            limits = [f"--data={self.limits.memory_mb << 20}", "--core=0"]
+            limits = [f"--data={self.limits.memory_mb << 20}", "--core=0", f"--fsize={self.limits.file_mb << 20}"]
             if self.uid is not None:  # RLIMIT_NPROC counts per uid: only meaningful on our own
                 limits.append(f"--nproc={self.limits.processes}")
             cmd = [prlimit, *limits, "--", *cmd]
         if self.bwrap:
             cmd = [self.bwrap, *self._bwrap_args(), "--", *cmd]
-        if self._cgroups is not None:
-            cmd = ["/bin/sh", "-c", _CGROUP_JOIN, "grader-cgroup-join", *self._cgroups.procs_files, "--", *cmd]
+        procs = self._cgroups.procs_files if self._cgroups is not None else []
+        if procs or self._seccomp:
+            cmd = ["/bin/sh", "-c", _LAUNCH, "grader-launch", self._seccomp or "", *procs, "--", *cmd]
         return cmd
 
     def _bwrap_args(self) -> list[str]:
         args = ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
                 "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--hostname", "sandbox"]
+        if self._seccomp:
+            args += ["--seccomp", SECCOMP_FD]
         # bwrap creates missing parents of a mount point 0700 (root's): open them to the kernel's uid
         present = {"/", "/tmp", "/dev", "/dev/shm", "/proc"}
 
@@ -464,7 +783,7 @@ class Sandbox:
             present.add(dest)
 
         args += ["--proc", "/proc", "--dev", "/dev"]
-        tmp_size = ["--size", str(self.limits.memory_mb << 20)] if _bwrap_has("--size") else []
+        tmp_size = ["--size", str(self.limits.disk_mb << 20)] if _bwrap_has("--size") else []
         args += ["--perms", "1777", *tmp_size, "--tmpfs", "/tmp", "--perms", "1777", *tmp_size, "--tmpfs", "/dev/shm"]
         for path in SYSTEM_DIRS + ETC_FILES:
             if os.path.islink(path):  # merged-/usr systems: /bin -> usr/bin
