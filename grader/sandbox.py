@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 from typing import IO
 
+import zmq
 from jupyter_client import AsyncKernelManager
 from jupyter_client.kernelspec import KernelSpec
 
@@ -818,6 +819,10 @@ class SandboxedKernelManager(AsyncKernelManager):
         assert sandbox.runtime_dir is not None, "enter the Sandbox before starting its kernel"
         super().__init__(kernel_name="python3", transport="ipc", **kwargs)
         self.sandbox = sandbox
+        # Default for every socket of this manager's context, so set before the client connects:
+        # a kernel that sends a larger message is disconnected (ZeroMQ reconnects, the message is
+        # lost) instead of the grader decoding gigabytes of it.
+        self.context.setsockopt(zmq.MAXMSGSIZE, sandbox.limits.message_mb << 20)
         self.connection_file = str(sandbox.runtime_dir / "kernel.json")
         self.ip = str(sandbox.runtime_dir / "ipc")
 
