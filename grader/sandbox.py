@@ -819,12 +819,17 @@ class SandboxedKernelManager(AsyncKernelManager):
         assert sandbox.runtime_dir is not None, "enter the Sandbox before starting its kernel"
         super().__init__(kernel_name="python3", transport="ipc", **kwargs)
         self.sandbox = sandbox
-        # Default for every socket of this manager's context, so set before the client connects:
-        # a kernel that sends a larger message is disconnected (ZeroMQ reconnects, the message is
-        # lost) instead of the grader decoding gigabytes of it.
-        self.context.setsockopt(zmq.MAXMSGSIZE, sandbox.limits.message_mb << 20)
+
         self.connection_file = str(sandbox.runtime_dir / "kernel.json")
         self.ip = str(sandbox.runtime_dir / "ipc")
+
+    def client(self, **kwargs):
+        """The client, its context set so that every socket it opens (they connect later, when
+        its channels start) drops a peer sending a message over limits.message_mb: ZeroMQ
+        reconnects, the message is lost, and the grader never decodes gigabytes of it."""
+        client = super().client(**kwargs)
+        client.context.setsockopt(zmq.MAXMSGSIZE, self.sandbox.limits.message_mb << 20)
+        return client
 
     @property
     def kernel_spec(self) -> KernelSpec:
