@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import errno
 import json
+import os
 import re
 import shutil
 import signal
+import stat
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty
@@ -36,7 +40,8 @@ from nbformat import NotebookNode
 from .config import AssignmentConfig
 from .errors import GraderError
 from . import atomic
-from .inject import ParametersCellMissing, find_parameters_cell, inject_parameters, is_injected
+from .hints import hint_for
+from .inject import inject_parameters, is_injected, locate_parameters, placement_warning, without_injected
 from .records import CellRun, ExecutionResult, Status
 from .sandbox import Sandbox, SandboxedKernelManager, SandboxError
 
@@ -49,6 +54,7 @@ KERNEL_STARTUP_S = 60
 TRUNCATED = "\n[... output truncated by the grader: this cell's output passed {limit} bytes ...]\n"
 MAX_ERROR_CHARS = 2_000        # CellRun.error ("Name: value")
 MAX_TRACEBACK_CHARS = 20_000   # CellRun.traceback
+MAX_NOTEBOOK_BYTES = 100 * 2**20  # a submission larger than this is invalid, not read
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
@@ -61,19 +67,189 @@ def strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
 
 
-def read_notebook(path: Path) -> NotebookNode:
-    """The notebook at path as nbformat v4; NotebookInvalid names the file and the problem."""
+def read_submission(path: Path, max_bytes: int | None = None) -> bytes:
+    """The bytes of the submitted file at path, read without following a symbolic link.
+
+    A submission is untrusted and the grader may run as root: a link (to /etc/shadow, to another
+    student's notebook) is refused before any byte of its target is read, and so is anything that
+    is not a regular file (a directory, a FIFO that would block, a device) or is over the size cap.
+    NotebookInvalid names the file and says what to hand in instead.
+    """
+    path = Path(path)
+    max_bytes = MAX_NOTEBOOK_BYTES if max_bytes is None else max_bytes
     try:
-        with open(path, encoding="utf-8") as f:
-            nb = nbformat.read(f, as_version=4)
+        info = os.lstat(path)
     except OSError as exc:
-        raise NotebookInvalid(f"{path}: cannot read the notebook ({exc.strerror})") from exc
-    except Exception as exc:  # nbformat raises JSON, Unicode, schema and conversion errors alike
+        raise NotebookInvalid(f"{path.name}: cannot read the notebook ({exc.strerror})") from exc
+    _check_submission_file(path, info, max_bytes)
+    try:  # O_NOFOLLOW: a link swapped in since lstat still fails; O_NONBLOCK: a FIFO cannot hang us
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotebookInvalid(f"{path.name} is a symbolic link; submit the notebook file itself") from exc
+        raise NotebookInvalid(f"{path.name}: cannot read the notebook ({exc.strerror})") from exc
+    try:
+        _check_submission_file(path, os.fstat(fd), max_bytes)
+        chunks, size = [], 0
+        while chunk := os.read(fd, min(1 << 20, max_bytes + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > max_bytes:
+                raise NotebookInvalid(_too_large(path, max_bytes))
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def _too_large(path: Path, max_bytes: int) -> str:
+    return (f"{path.name} is too large to be a notebook the grader runs (over {max_bytes / 2**20:g} MB); "
+            "clear the outputs (Kernel > Restart & Clear Output), save, and submit it again")
+
+
+def _check_submission_file(path: Path, info: os.stat_result, max_bytes: int) -> None:
+    mode = info.st_mode
+    if stat.S_ISLNK(mode):
+        raise NotebookInvalid(f"{path.name} is a symbolic link; submit the notebook file itself")
+    if stat.S_ISDIR(mode):
+        raise NotebookInvalid(f"{path.name} is a directory, not a notebook; submit the .ipynb file itself")
+    if not stat.S_ISREG(mode):
+        kind = ("a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+        raise NotebookInvalid(f"{path.name} is {kind}, not a notebook; submit the .ipynb file itself")
+    if info.st_size > max_bytes:
+        raise NotebookInvalid(_too_large(path, max_bytes))
+
+
+def read_notebook(path: Path) -> NotebookNode:
+    """The notebook at path as nbformat v4; NotebookInvalid names the file and the problem (for
+    a schema violation, the cell and the field in words). Never follows a symbolic link."""
+    path = Path(path)
+    raw = read_submission(path)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise NotebookInvalid(f"{path.name}: not a Jupyter notebook (it is not UTF-8 text: byte {exc.start} "
+                              "cannot be decoded)") from exc
+    try:
+        data = json.loads(text)
+    except ValueError as exc:  # JSONDecodeError, or a number too long to convert
+        raise NotebookInvalid(f"{path.name}: not a Jupyter notebook (it is not valid JSON: {exc})") from exc
+    _check_shape(path, data)
+    _validate(path, data)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # nbformat's own (already passed) validation warns
+            nb = nbformat.reads(text, as_version=4)
+    except Exception as exc:  # nbformat raises JSON, schema and conversion errors alike
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise NotebookInvalid(f"{path}: not a Jupyter notebook ({reason})") from exc
+        raise NotebookInvalid(f"{path.name}: not a Jupyter notebook ({reason})") from exc
     if not isinstance(nb.get("cells"), list) or not all(isinstance(c, dict) and "cell_type" in c for c in nb.cells):
-        raise NotebookInvalid(f"{path}: not a Jupyter notebook (it has no list of cells)")
+        raise NotebookInvalid(f"{path.name}: not a Jupyter notebook (it has no list of cells)")
+    if data.get("nbformat") != 4:
+        _validate(path, nb)  # what an older format was converted to
     return nb
+
+
+def _check_shape(path: Path, data) -> None:
+    """What nbformat's own validation would trip over rather than report."""
+    if not isinstance(data, dict):
+        raise NotebookInvalid(f"{path.name}: not a Jupyter notebook (it has no list of cells)")
+    version = data.get("nbformat")
+    if type(version) is not int or not 1 <= version <= 4:
+        raise NotebookInvalid(f"{path.name}: not a Jupyter notebook (its format version is {_short_repr(version)}; "
+                              "the grader reads format 4, which Jupyter writes, and converts the older 1 to 3)")
+    if version == 4:
+        cells = data.get("cells")
+        if not isinstance(cells, list):
+            raise NotebookInvalid(f"{path.name}: not a Jupyter notebook (it has no list of cells)")
+        for index, cell in enumerate(cells):
+            if not isinstance(cell, dict):
+                raise NotebookInvalid(f"{path.name}: not a valid Jupyter notebook: cell {index} is not a cell "
+                                      f"but {_short_repr(cell)}")
+
+
+def _validate(path: Path, nb: dict) -> None:
+    """nbformat's schema check, as NotebookInvalid in words (nbformat.read only logs it)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # MissingIDFieldWarning: nbformat adds the ids itself
+            # relax_add_props: an extra key (an 'id' in a 4.4 notebook, an editor's own field)
+            # harms nothing and Jupyter opens such notebooks; a value of the wrong type does harm.
+            nbformat.validate(nb, relax_add_props=True)  # may add missing cell ids: harmless here
+    except nbformat.ValidationError as exc:
+        raise NotebookInvalid(f"{path.name}: not a valid Jupyter notebook: {schema_problem(nb, exc)}") from exc
+    except Exception as exc:  # an unknown nbformat version, a schema nbformat cannot load
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise NotebookInvalid(f"{path.name}: not a Jupyter notebook ({reason})") from exc
+
+
+_FIELD_SHOULD_BE = {
+    "source": "text (a string, or a list of strings)",
+    "metadata": "a mapping of names to values ({...})",
+    "tags": "a list of strings",
+    "outputs": "a list of outputs",
+    "attachments": "a mapping of names to attachments",
+    "cells": "a list of cells",
+    "cell_type": "one of 'code', 'markdown', 'raw'",
+    "execution_count": "a whole number or null",
+}
+
+
+def _short_repr(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def schema_problem(nb: dict, exc: Exception) -> str:
+    """Which cell (or top-level field) breaks the notebook format, and how, in words."""
+    where = list(getattr(exc, "absolute_path", None) or getattr(exc, "path", None) or [])
+    message = getattr(exc, "message", None) or str(exc).splitlines()[0]
+    instance = getattr(exc, "instance", None)
+    validator = getattr(exc, "validator", None)
+    subject = "the notebook"
+    fields = where
+    if len(where) >= 2 and where[0] == "cells" and isinstance(where[1], int):
+        index, fields = where[1], where[2:]
+        cells = nb.get("cells") if isinstance(nb, dict) else None
+        cell = cells[index] if isinstance(cells, list) and index < len(cells) else None
+        subject = f"cell {index}"
+        if isinstance(cell, dict):
+            kind = cell.get("cell_type")
+            head = _raw_source_head(cell.get("source"))
+            subject += f" (a {kind} cell" if isinstance(kind, str) else " (a cell"
+            subject += f" starting {head!r})" if head else ")"
+    field_name = next((f for f in reversed(fields) if isinstance(f, str)), None)
+    path_text = "".join(f"[{f}]" if isinstance(f, int) else f".{f}" for f in fields).lstrip(".")
+    if validator == "required":
+        missing = re.match(r"'([^']+)' is a required property", message)
+        if not missing:
+            return f"{subject}: {_trim(message)}"
+        return (f"{subject}: its {path_text!r} lacks the field {missing.group(1)!r}" if path_text
+                else f"{subject} lacks the field {missing.group(1)!r}")
+    if field_name is None and subject != "the notebook":
+        kind = instance.get("cell_type") if isinstance(instance, dict) else None
+        if kind not in ("code", "markdown", "raw"):
+            return f"{subject}: its 'cell_type' must be one of 'code', 'markdown', 'raw', not {_short_repr(kind)}"
+        return f"{subject} is not a valid {kind} cell ({_trim(message)})"
+    if field_name is None:
+        return _trim(message)
+    should = _FIELD_SHOULD_BE.get(field_name)
+    if should and validator in ("type", "oneOf", "anyOf", "enum"):
+        return f"{subject}: its {path_text!r} must be {should}, not {_short_repr(instance)}"
+    return f"{subject}: its {path_text!r} is wrong: {_trim(message)}"
+
+
+def _trim(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _raw_source_head(source) -> str:
+    if isinstance(source, list) and all(isinstance(s, str) for s in source):
+        source = "".join(source)
+    if not isinstance(source, str):
+        return ""
+    return next((line.strip()[:60] for line in source.splitlines() if line.strip()), "")
 
 
 # --- the nbclient client -----------------------------------------------------------------------
@@ -431,8 +607,11 @@ async def _run_cells(client: SandboxClient, nb: NotebookNode, run: _Run, cell_ti
             if outcome.status != "ok":
                 run.errors.append(f"the grader's parameters cell failed: {outcome.error}")
             continue
+        hint = hint_for(submitted_index, outcome.error, outcome.traceback, data_dir=str(client.sandbox.data_path),
+                        source=cell.source) if outcome.status == "error" else None
         run.cells.append(CellRun(index=submitted_index, status=outcome.status, seconds=round(outcome.seconds, 3),
-                                 error=outcome.error, traceback=outcome.traceback, source_head=_source_head(cell)))
+                                 error=outcome.error, traceback=outcome.traceback, source_head=_source_head(cell),
+                                 hint=hint))
         where = f"cell {submitted_index} ({_source_head(cell)!r})"
         if outcome.status == "crashed":
             run.errors.append(f"{where}: {outcome.error.removeprefix('KernelDied: ')}; the cells after it were not run")
@@ -521,13 +700,15 @@ def execute_notebook(
         return ExecutionResult(status="invalid", errors=[str(exc)], seconds=round(monotonic() - started, 3))
     errors = []
     tag = config.parameters.tag
-    try:
-        find_parameters_cell(nb, tag)
-    except ParametersCellMissing:
-        errors.append(f"{notebook_path.name}: no code cell is tagged {tag!r}; the grader's parameters "
-                      "were set in a cell before the first one")
+    names = [*parameters, config.parameters.data_dir]
+    warning = placement_warning(locate_parameters(without_injected(nb), names, tag), notebook_path.name, tag)
+    if warning:  # the same placement inject_parameters uses below
+        errors.append(warning)
     scratch_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(notebook_path, scratch_dir / SUBMISSION_COPY)
+    try:  # the bytes just validated, never a link's target
+        atomic.write_bytes(scratch_dir / SUBMISSION_COPY, read_submission(notebook_path))
+    except NotebookInvalid as exc:  # the file changed since it was read
+        return ExecutionResult(status="invalid", errors=[str(exc)], seconds=round(monotonic() - started, 3))
 
     with Sandbox(scratch_dir, data_dir, limits, threads=threads) as sandbox:
         run_nb = inject_parameters(nb, {**parameters, config.parameters.data_dir: str(sandbox.data_path)}, tag)

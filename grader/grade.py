@@ -13,10 +13,12 @@ import csv
 import hashlib
 import io
 import json
+import re
 import shutil
 import sys
 import tempfile
 import time
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -110,17 +112,58 @@ def prepare(options: GradeOptions, log: Log) -> GradingContext:
     return GradingContext(config, params, data_dir, inputs, inputs_sha, judge, reference, device, template, options, log)
 
 
+# The grader's own files in OUT, next to the submissions' folders: no folder may take their names.
+GRADEBOOK_CSV = "gradebook.csv"
+CLASS_FILES = frozenset({GRADEBOOK_CSV, "summary.pdf", "summary.json", "summary_scores.png"})
+# A folder name ending like a file the grader writes (or may one day write) in OUT is reserved too.
+_FILE_LIKE = (".csv", ".json", ".pdf", ".png", ".html", ".txt", ".log", ".tmp", ".npz", ".ipynb")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_HASHED = re.compile(r"-[0-9a-f]{12}$")   # what output_name appends: no plain name may end so
+MAX_NAME_CHARS = 80
+
+
+def output_name(notebook: Path) -> str:
+    """The name of a submission's folder in OUT: its stem when that is a safe name (ASCII letters,
+    digits, `.`, `_`, `-`; no leading dot or dash; not one of the grader's own files in OUT), else a
+    cleaned stem with a short hash of the real name. A function of the file name alone, so the
+    same in every run, and distinct for distinct names (two names that clean to the same text
+    differ in their hashes). The submission's id in the results stays its readable stem."""
+    stem = Path(notebook).name.removesuffix(".ipynb")
+    clean = _UNSAFE.sub("_", unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode())
+    clean = clean.lstrip(".-") or "notebook"
+    if (clean == stem and len(stem) <= MAX_NAME_CHARS and stem.lower() not in CLASS_FILES
+            and not stem.lower().endswith(_FILE_LIKE) and not _HASHED.search(stem)):
+        return stem
+    tag = hashlib.sha256(stem.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    return f"{clean[:MAX_NAME_CHARS]}-{tag}"
+
+
+def submission_digest(notebook: Path) -> str:
+    """The hash of a submission's bytes, read as execute reads them (never through a link); an
+    unreadable one hashes its reason, so it still gets a result (status invalid) and a key."""
+    from .execute import NotebookInvalid, read_submission
+
+    try:
+        return hashlib.sha256(read_submission(notebook)).hexdigest()
+    except NotebookInvalid as exc:
+        return "invalid: " + str(exc)
+
+
 def discover(submissions: Path) -> list[Path]:
-    if not submissions.exists():
+    """The submissions to grade: one notebook, or every *.ipynb entry of a folder (hidden ones
+    aside). Entries that are not notebook files (a link, a directory named x.ipynb) are kept: each
+    gets a result saying so (status invalid) instead of vanishing or stopping the batch."""
+    if not submissions.exists() and not submissions.is_symlink():
         raise GraderError(f"{submissions}: no such file or folder")
-    if submissions.is_file():
+    if not submissions.is_dir():  # one notebook (a link or a pipe given here is refused when read)
         return [submissions]
-    found = sorted(p for p in submissions.iterdir() if p.suffix == ".ipynb" and not p.name.startswith("."))
+    found = sorted(p for p in submissions.iterdir() if p.name.endswith(".ipynb") and not p.name.startswith("."))
     if not found:
         raise GraderError(f"{submissions}: no .ipynb files in this folder")
-    stems = [p.stem for p in found]
-    if len(set(stems)) != len(stems):
-        raise GraderError(f"{submissions}: two notebooks share a name")
+    names = [output_name(p) for p in found]
+    if len(set(names)) != len(names):  # a 48-bit hash collision between two cleaned names
+        clash = sorted({n for n in names if names.count(n) > 1})
+        raise GraderError(f"{submissions}: two notebooks would share the output folder {clash[0]!r}; rename one")
     return found
 
 
@@ -131,7 +174,7 @@ def _digest(*parts) -> str:
 def execution_key(ctx: GradingContext, notebook: Path) -> str:
     limits = ctx.config.limits.model_dump()
     return _digest(
-        hashlib.sha256(notebook.read_bytes()).hexdigest(), ctx.params, ctx.inputs_sha,
+        submission_digest(notebook), ctx.params, ctx.inputs_sha,
         ctx.config.contract.model_dump(), ctx.config.parameters.tag, limits,
         ctx.options.cell_timeout, ctx.options.notebook_timeout, __version__,
     )
@@ -261,7 +304,7 @@ def _cached_result(out: Path, key: str) -> SubmissionResult | None:
 
 
 def grade_one(ctx: GradingContext, notebook: Path, execution: ExecutionResult) -> SubmissionResult:
-    out = ctx.options.out_dir / notebook.stem
+    out = ctx.options.out_dir / output_name(notebook)
     key = result_key(ctx, notebook)
     result = _cached_result(out, key)
     if result is None:
@@ -306,7 +349,7 @@ def grade_submissions(
     with ThreadPoolExecutor(max_workers=options.workers) as pool, tqdm(
         total=len(notebooks), desc="grading", unit="nb", file=sys.stderr
     ) as bar:
-        futures = {pool.submit(run_execution, ctx, nb, options.out_dir / nb.stem): nb for nb in notebooks}
+        futures = {pool.submit(run_execution, ctx, nb, options.out_dir / output_name(nb)): nb for nb in notebooks}
         for future in as_completed(futures):
             notebook = futures[future]
             result = _grade_safely(ctx, notebook, future, grader_failures, log)
@@ -314,7 +357,7 @@ def grade_submissions(
             bar.set_postfix_str(f"{notebook.stem}: {result.status}")
             bar.update()
     results.sort(key=lambda r: r.submission)
-    write_gradebook(options.out_dir / "gradebook.csv", results, ctx.config)
+    write_gradebook(options.out_dir / GRADEBOOK_CSV, results, ctx.config)
     if options.pdf:
         from .report import render_summary
 
@@ -347,7 +390,7 @@ def _grade_safely(ctx: GradingContext, notebook: Path, future, failures: list[st
             parameters=ctx.params, cells=execution.cells, errors=[*execution.errors, problem],
             grader_version=__version__, device=ctx.device,
         )
-        atomic.write_text(ctx.options.out_dir / notebook.stem / "result.json", result.model_dump_json(indent=1))
+        atomic.write_text(ctx.options.out_dir / output_name(notebook) / "result.json", result.model_dump_json(indent=1))
         return result
 
 
@@ -393,5 +436,5 @@ def self_check(notebook: Path, options: GradeOptions, log: Log = print) -> Submi
     if result.overrides:
         changed = ", ".join(f"{k}={v}" for k, v in result.overrides.items())
         console.print(f"Parameters changed for this check ({changed}); the final grade runs the assignment's own.")
-    console.print(f"Report: {options.out_dir / result.submission / 'report.pdf'}")
+    console.print(f"Report: {options.out_dir / output_name(notebook) / 'report.pdf'}")
     return result

@@ -21,6 +21,7 @@ class CellRun(BaseModel):
     error: str | None = None        # "NameError: name 'x' is not defined"
     traceback: str | None = None    # plain text, ANSI colour codes removed
     source_head: str = ""           # first line of the cell, to name it in reports
+    hint: str | None = None         # what to change when the grader's environment caused the error (hints.py)
 
 
 class ExecutionResult(BaseModel):

@@ -362,6 +362,16 @@ def student_frames(traceback: str) -> str:
     return "\n\n".join(kept)
 
 
+def hint_html(hint: str | None):
+    """A cell's hint (grader/hints.py) as HTML: escaped, with `code` spans set as code."""
+    if not hint:
+        return ""
+    from markupsafe import Markup, escape
+
+    text = str(escape(strip_ansi(hint)))
+    return Markup(re.sub(r"`([^`]+)`", r"<code>\1</code>", text))
+
+
 def _cell_item(cell: CellRun, with_traceback: bool = True) -> dict:
     text = student_frames(strip_ansi(cell.traceback or "")) if with_traceback else ""
     traceback, dropped = cap_text(text, MAX_TRACEBACK_CHARS, keep="tail")
@@ -372,6 +382,7 @@ def _cell_item(cell: CellRun, with_traceback: bool = True) -> dict:
         "seconds": fmt_seconds(cell.seconds),
         "source_head": head,
         "error": strip_ansi(cell.error or ""),
+        "hint": hint_html(cell.hint),
         "traceback": traceback,
         "traceback_dropped": dropped,
     }
