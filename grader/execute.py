@@ -21,7 +21,6 @@ import errno
 import json
 import os
 import re
-import shutil
 import signal
 import stat
 import threading
@@ -43,14 +42,17 @@ from . import atomic
 from .hints import hint_for
 from .inject import inject_parameters, is_injected, locate_parameters, placement_warning, without_injected
 from .records import CellRun, ExecutionResult, Status
-from .sandbox import Sandbox, SandboxedKernelManager, SandboxError
+from .sandbox import Sandbox, SandboxedKernelManager, SandboxError, remove_tree
 
 SUBMISSION_COPY = "submitted.ipynb"
 EXECUTED_NOTEBOOK = "executed.ipynb"
-PROBE_FILE = "probe.npz"
+PROBE_FILE = "weights.npz"   # probe.WEIGHTS_FILE: what the export hands back
+PROBE_VALUES = "probe.json"  # probe.VALUES_FILE
 # How long an interrupted cell may take to stop before its kernel is killed.
 INTERRUPT_GRACE_S = 10.0
 KERNEL_STARTUP_S = 60
+# How long the outputs of a finished cell may trail its reply (a big output may still be in flight).
+IOPUB_TIMEOUT_S = 30
 TRUNCATED = "\n[... output truncated by the grader: this cell's output passed {limit} bytes ...]\n"
 MAX_ERROR_CHARS = 2_000        # CellRun.error ("Name: value")
 MAX_TRACEBACK_CHARS = 20_000   # CellRun.traceback
@@ -291,7 +293,7 @@ class SandboxClient(NotebookClient):
             coalesce_streams=False,
             shutdown_kernel="immediate",
             startup_timeout=KERNEL_STARTUP_S,
-            iopub_timeout=30,           # a big output may still be in flight after the reply
+            iopub_timeout=IOPUB_TIMEOUT_S,          # a big output may still be in flight after the reply
             timeout_func=lambda cell: self.cell_budget,
         )
         self.sandbox = sandbox
@@ -625,9 +627,10 @@ async def _run_cells(client: SandboxClient, nb: NotebookNode, run: _Run, cell_ti
 
 async def _run_probe(client: SandboxClient, nb: NotebookNode, run: _Run, probe_code: str, cell_timeout: float) -> None:
     scratch = client.sandbox.scratch_dir
-    probe_path = scratch / PROBE_FILE
-    if probe_path.is_symlink() or probe_path.exists():  # a file the notebook left there is not the probe's
-        _remove(probe_path)
+    for name in (PROBE_FILE, PROBE_VALUES):  # a file the notebook left there is not the export's
+        planted = scratch / name
+        if planted.is_symlink() or planted.exists():
+            _remove(planted)
     # The notebook may have changed directory: the probe writes relative to the scratch dir.
     cell = nbformat.v4.new_code_cell(f"__import__('os').chdir({str(scratch)!r})\n{probe_code}")
     nb.cells.append(cell)
@@ -647,7 +650,7 @@ async def _run_probe(client: SandboxClient, nb: NotebookNode, run: _Run, probe_c
 
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
+        remove_tree(path)  # any depth: a planted 1500-level tree too
     else:
         path.unlink(missing_ok=True)
 
@@ -663,7 +666,7 @@ def _overall_status(cells: list[CellRun]) -> Status:
 def write_notebook_atomic(nb: NotebookNode, path: Path) -> None:
     """Write nb to path atomically; a directory the student planted under that name goes first."""
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
+        remove_tree(path)
     atomic.write_text(path, nbformat.writes(nb))
 
 

@@ -14,9 +14,7 @@ import hashlib
 import io
 import json
 import re
-import shutil
 import sys
-import tempfile
 import time
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -28,12 +26,19 @@ from typing import Callable
 import nbformat
 import torch
 
-from . import __version__, atomic
+from . import __version__, atomic, versioning
 from .config import AssignmentConfig, load_config
 from .errors import GraderError
-from .probe import INPUTS_FILE, OUTPUT_FILE, OUTPUT_JSON, ProbeData, ProbeInputs, load_probe, probe_code
+from .probe import VALUES_FILE, WEIGHTS_FILE, KernelExport, ProbeData, ProbeInputs, export_code, load_export, probe_models
 from .records import Answer, ExecutionResult, SubmissionResult
 from .score import score_checks, totals
+from .unitcheck import UnitInputs, UnitResult
+
+# What may be copied out of a scratch directory, and how big each may be (bytes).
+EXECUTED_NOTEBOOK = "executed.ipynb"
+MAX_EXECUTED_BYTES = 100 << 20
+UNIT_ARRAYS = "unit.npz"
+UNIT_ERRORS = "unit.json"
 
 Log = Callable[[str], None]
 
@@ -58,8 +63,8 @@ class GradingContext:
     config: AssignmentConfig
     params: dict
     data_dir: Path
-    inputs: ProbeInputs
-    inputs_sha: str
+    inputs: ProbeInputs                # model inputs; they never leave the grader's process
+    unit_inputs: UnitInputs            # inputs of the KL / reparameterize unit checks
     judge: object                      # measure.Judge
     reference: object                  # reference.ReferenceSet
     device: str
@@ -75,14 +80,12 @@ class GradingContext:
         return {k: v for k, v in self.params.items() if defaults.get(k) != v}
 
     def reference_probe(self, beta: float | None) -> ProbeData:
-        """The probe run in-process on the reference models, with vae_tuned trained at `beta`."""
-        from .probe import probe_in_process
-
+        """The reference models' outputs, with vae_tuned trained at `beta`: the same function
+        measures them as measures the students' rebuilt models."""
         tuned_beta, tuned = self.reference.exact_vae(beta, self.data_dir, self.log)
         if tuned_beta not in self._reference_probes:
-            namespace = self.reference.namespace(self.config, tuned_beta, tuned)
-            with tempfile.TemporaryDirectory(prefix="grader-ref-probe-") as tmp:
-                self._reference_probes[tuned_beta] = probe_in_process(namespace, self.config, self.inputs, Path(tmp))
+            models = {**self.reference.models, "vae_tuned": tuned}
+            self._reference_probes[tuned_beta] = probe_models(models, self.config, self.inputs)
         return self._reference_probes[tuned_beta]
 
 
@@ -93,6 +96,7 @@ def prepare(options: GradeOptions, log: Log) -> GradingContext:
     from .models import pick_device
     from .probe import make_probe_inputs
     from .reference import build_reference
+    from .unitcheck import make_unit_inputs
 
     config = load_config(options.config_path)
     params = config.resolve_parameters(options.overrides, options.preset)
@@ -100,16 +104,17 @@ def prepare(options: GradeOptions, log: Log) -> GradingContext:
     data_dir = ensure_mnist(options.data_dir, log=log)
     test_x, test_y = load_mnist(train=False, data_dir=data_dir)
     inputs = make_probe_inputs(config, params, test_x, test_y)
-    with tempfile.TemporaryDirectory() as tmp:
-        inputs_sha = inputs.save(Path(tmp) / INPUTS_FILE)
+    unit_inputs = make_unit_inputs(config, params)
     classifier = load_configured_classifier(config)
     accept = next((c.accept_confidence for c in config.checks if c.kind == "interpolation"), 0.5)
-    judge = Judge.build(classifier, test_x, accept)
+    train_x, _ = load_mnist(train=True, data_dir=data_dir)
+    judge = Judge.build(classifier, test_x, accept, real_images=torch.cat([train_x, test_x]),
+                        memorised_distance=config.probe.memorised_distance)
     reference = build_reference(config, params, log=log)
     handout = config.path(config.assignment.handout)
     template = nbformat.read(handout, as_version=4) if handout.exists() else None
     device = str(pick_device())
-    return GradingContext(config, params, data_dir, inputs, inputs_sha, judge, reference, device, template, options, log)
+    return GradingContext(config, params, data_dir, inputs, unit_inputs, judge, reference, device, template, options, log)
 
 
 # The grader's own files in OUT, next to the submissions' folders: no folder may take their names.
@@ -174,9 +179,10 @@ def _digest(*parts) -> str:
 def execution_key(ctx: GradingContext, notebook: Path) -> str:
     limits = ctx.config.limits.model_dump()
     return _digest(
-        submission_digest(notebook), ctx.params, ctx.inputs_sha,
-        ctx.config.contract.model_dump(), ctx.config.parameters.tag, limits,
-        ctx.options.cell_timeout, ctx.options.notebook_timeout, __version__,
+        submission_digest(notebook), ctx.params, ctx.unit_inputs.__dict__,
+        ctx.config.contract.model_dump(), ctx.config.architecture.model_dump(), ctx.config.probe.model_dump(),
+        ctx.config.parameters.tag, limits, ctx.options.cell_timeout, ctx.options.notebook_timeout,
+        __version__, versioning.execution_digest(),
     )
 
 
@@ -197,25 +203,99 @@ def run_execution(ctx: GradingContext, notebook: Path, out: Path) -> ExecutionRe
     out.mkdir(parents=True, exist_ok=True)
     scratch = sandbox.make_scratch_dir(notebook.stem, ctx.config.limits)  # a size-capped tmpfs where possible
     try:
-        ctx.inputs.save(scratch / INPUTS_FILE)
         result = execute_notebook(
             notebook, scratch, dict(ctx.params), config=ctx.config, data_dir=ctx.data_dir,
-            probe_code=probe_code(ctx.config, ctx.inputs_sha),
+            probe_code=export_code(ctx.config),
             cell_timeout=ctx.options.cell_timeout, notebook_timeout=ctx.options.notebook_timeout,
             threads=ctx.config.limits.threads,
         )
-        for name in ("executed.ipynb", OUTPUT_FILE, OUTPUT_JSON):
-            source = scratch / name
-            if source.is_file() and not source.is_symlink():
-                atomic.copy_file(source, out / name)
-            else:
-                (out / name).unlink(missing_ok=True)
-        result.executed_notebook = "executed.ipynb" if (out / "executed.ipynb").exists() else None
-        result.probe_file = OUTPUT_FILE if (out / OUTPUT_FILE).exists() else None
+        _take_out_of_scratch(ctx, scratch, out, result)
+        if result.status != "invalid":
+            _save_unit_result(out, _unit_checks(ctx, notebook))
     finally:
         sandbox.remove_tree(scratch)  # any depth; unmounts the tmpfs
     atomic.write_text(record, json.dumps({"key": key, "result": result.model_dump()}, indent=1))
     return result
+
+
+def _take_out_of_scratch(ctx: GradingContext, scratch: Path, out: Path, result: ExecutionResult) -> None:
+    """Copy what the grader keeps out of the scratch directory, each file size-checked first
+    (sparse files included): the executed notebook and the kernel's export."""
+    bounds = {EXECUTED_NOTEBOOK: MAX_EXECUTED_BYTES, WEIGHTS_FILE: ctx.config.probe.max_export_mb << 20,
+              VALUES_FILE: ctx.config.probe.max_export_mb << 20}
+    for name, max_bytes in bounds.items():
+        (out / name).unlink(missing_ok=True)
+        source = scratch / name
+        if not (source.exists() or source.is_symlink()):
+            continue
+        try:
+            atomic.copy_bounded(source, out / name, max_bytes)
+        except (atomic.CopyRefused, OSError) as exc:
+            result.errors.append(f"the grader did not keep {name}: {exc}")
+            if name == WEIGHTS_FILE:
+                result.probe_error = result.probe_error or f"{name} was refused: {exc}"
+    result.executed_notebook = EXECUTED_NOTEBOOK if (out / EXECUTED_NOTEBOOK).exists() else None
+    result.probe_file = WEIGHTS_FILE if (out / WEIGHTS_FILE).exists() else None
+
+
+def _unit_checks(ctx: GradingContext, notebook: Path) -> UnitResult:
+    from .execute import NotebookInvalid, read_notebook
+    from .unitcheck import run_unit_checks
+
+    try:
+        nb = read_notebook(notebook)
+    except NotebookInvalid as exc:
+        return UnitResult(errors={"kl_divergence": str(exc), "reparameterize": str(exc)})
+    return run_unit_checks(nb, ctx.config, ctx.params, ctx.unit_inputs, ctx.data_dir)
+
+
+def _save_unit_result(out: Path, unit: UnitResult) -> None:
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **unit.arrays)
+    atomic.write_bytes(out / UNIT_ARRAYS, buffer.getvalue())
+    atomic.write_text(out / UNIT_ERRORS, json.dumps(unit.errors))
+
+
+def _load_unit_result(ctx: GradingContext, out: Path) -> UnitResult:
+    """The unit checks the execution stage saved (grader-written files); keyed by the contract's
+    function names in the checker, by check part here."""
+    from .probe import read_npz_bounded
+
+    contract = ctx.config.contract
+    parts = {contract.kl_divergence: "kl_divergence", contract.reparameterize: "reparameterize"}
+    try:
+        errors = json.loads((out / UNIT_ERRORS).read_text())
+        arrays = read_npz_bounded(out / UNIT_ARRAYS, 64 << 20)
+    except (OSError, ValueError) as exc:
+        why = f"the unit checks' results could not be read ({exc})"
+        return UnitResult(errors={part: why for part in parts.values()})
+    return UnitResult(arrays=arrays, errors={parts.get(k, k): v for k, v in errors.items()})
+
+
+def student_probe(ctx: GradingContext, out: Path, execution: ExecutionResult) -> tuple[ProbeData, list[str]]:
+    """The student's models, rebuilt from their weights in the grader's architecture and run here,
+    plus the unit checks' outputs; the notes say how weights were matched."""
+    from .weights import rebuild_models
+
+    if execution.probe_file:
+        export = load_export(out, ctx.config)
+    else:
+        export = KernelExport(errors={"probe": execution.probe_error or
+                                      f"the notebook's run ended as {execution.status!r} before the grader could probe it"})
+    if execution.probe_error and "probe" not in export.errors:
+        export.errors["probe"] = execution.probe_error
+    rebuilt = rebuild_models(ctx.config, ctx.params, export)
+    probe = probe_models(rebuilt.models, ctx.config, ctx.inputs)
+    probe.errors.update(rebuilt.errors)
+    probe.errors.update({k: v for k, v in export.errors.items() if k not in probe.errors})
+    probe.values = export.values
+    if execution.status != "invalid":
+        unit = _load_unit_result(ctx, out)
+        probe.arrays.update(unit.arrays)
+        probe.errors.update(unit.errors)
+    return probe, list(rebuilt.notes.values())
 
 
 def _read_notebook(path: Path) -> nbformat.NotebookNode | None:
@@ -259,15 +339,11 @@ def evaluate(ctx: GradingContext, notebook: Path, execution: ExecutionResult, ou
     from .result_figures import histories_for_figures, write_figures
 
     nb = _read_notebook(notebook)
-    student = load_probe(out) if execution.probe_file else ProbeData(
-        errors={"probe": execution.probe_error or f"the notebook's run ended as {execution.status!r} before the grader could probe it"}
-    )
-    if execution.probe_error and "probe" not in student.errors:
-        student.errors["probe"] = execution.probe_error
+    student, notes = student_probe(ctx, out, execution)
     best_beta, source = _best_beta(ctx, student, nb)
     reference = ctx.reference_probe(best_beta)
     measurement = measure(
-        student, reference, ctx.reference_probe(None), ctx.inputs, ctx.judge,
+        student, reference, ctx.reference_probe(None), ctx.inputs, ctx.unit_inputs, ctx.judge,
         mean_image_mse=ctx.reference.mean_image_mse, good_betas=ctx.reference.good_betas,
         reference_best_beta=ctx.reference.best_beta, best_beta=best_beta, config=ctx.config,
     )
@@ -275,6 +351,7 @@ def evaluate(ctx: GradingContext, notebook: Path, execution: ExecutionResult, ou
     score, max_score = totals(checks)
     errors = list(execution.errors)
     errors += [f"{part}: {why}" for part, why in measurement.missing.items()]
+    errors += notes
     result = SubmissionResult(
         submission=notebook.stem, status=execution.status, score=score, max_score=max_score,
         answer_points_pending=ctx.config.max_answer_points, overrides=ctx.overrides,
@@ -289,7 +366,7 @@ def evaluate(ctx: GradingContext, notebook: Path, execution: ExecutionResult, ou
 
 
 def result_key(ctx: GradingContext, notebook: Path) -> str:
-    return _digest(execution_key(ctx, notebook), ctx.config.digest, __version__)
+    return _digest(execution_key(ctx, notebook), ctx.config.digest, __version__, versioning.result_digest())
 
 
 def _cached_result(out: Path, key: str) -> SubmissionResult | None:
@@ -312,12 +389,26 @@ def grade_one(ctx: GradingContext, notebook: Path, execution: ExecutionResult) -
         result.cache_key = key
         result.graded_at = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         atomic.write_text(out / "result.json", result.model_dump_json(indent=1))
-    if ctx.options.pdf and (not (out / "report.pdf").exists() or
-                            (out / "report.pdf").stat().st_mtime < (out / "result.json").stat().st_mtime):
+    if ctx.options.pdf and _report_is_stale(out):
         from .report import render_report
 
         render_report(result, out, ctx.config)
+        atomic.write_text(out / REPORT_STAMP, versioning.report_digest())
     return result
+
+
+REPORT_STAMP = ".report-digest"
+
+
+def _report_is_stale(out: Path) -> bool:
+    """A PDF is redrawn when its result is newer or the templates / rendering code changed."""
+    pdf, stamp = out / "report.pdf", out / REPORT_STAMP
+    if not pdf.exists() or pdf.stat().st_mtime < (out / "result.json").stat().st_mtime:
+        return True
+    try:
+        return stamp.read_text() != versioning.report_digest()
+    except OSError:
+        return True
 
 
 def write_gradebook(path: Path, results: list[SubmissionResult], config: AssignmentConfig) -> None:
