@@ -72,6 +72,7 @@ class GradingContext:
     options: GradeOptions
     log: Log = print
     _reference_probes: dict = field(default_factory=dict)
+    _reference_figures: dict = field(default_factory=dict)
 
     @property
     def overrides(self) -> dict:
@@ -87,6 +88,16 @@ class GradingContext:
             models = {**self.reference.models, "vae_tuned": tuned}
             self._reference_probes[tuned_beta] = probe_models(models, self.config, self.inputs)
         return self._reference_probes[tuned_beta]
+
+    def reference_figures(self, beta: float | None) -> dict:
+        """The reference's figures with vae_tuned at `beta`, computed once per β in a run."""
+        from .measure import reference_figures
+
+        tuned_beta, _ = self.reference.exact_vae(beta, self.data_dir, self.log)
+        if tuned_beta not in self._reference_figures:
+            self._reference_figures[tuned_beta] = reference_figures(
+                self.reference_probe(beta), self.reference_probe(None), self.inputs, self.judge, self.config)
+        return self._reference_figures[tuned_beta]
 
 
 def prepare(options: GradeOptions, log: Log) -> GradingContext:
@@ -343,7 +354,7 @@ def evaluate(ctx: GradingContext, notebook: Path, execution: ExecutionResult, ou
     best_beta, source = _best_beta(ctx, student, nb)
     reference = ctx.reference_probe(best_beta)
     measurement = measure(
-        student, reference, ctx.reference_probe(None), ctx.inputs, ctx.unit_inputs, ctx.judge,
+        student, ctx.reference_figures(best_beta), ctx.inputs, ctx.unit_inputs, ctx.judge,
         mean_image_mse=ctx.reference.mean_image_mse, good_betas=ctx.reference.good_betas,
         reference_best_beta=ctx.reference.best_beta, best_beta=best_beta, config=ctx.config,
     )
@@ -361,7 +372,8 @@ def evaluate(ctx: GradingContext, notebook: Path, execution: ExecutionResult, ou
         histories=histories_for_figures(student.values),
         grader_version=__version__, device=ctx.device, seconds=round(execution.seconds, 2),
     )
-    result.figures = write_figures(out, ctx, student, reference, measurement)
+    if execution.status != "invalid":  # nothing of the student's to show beside the reference
+        result.figures = write_figures(out, ctx, student, reference, measurement)
     return result
 
 

@@ -157,10 +157,21 @@ def _unit(name: str, fn, probe: ProbeData, inputs: UnitInputs, missing: dict):
         return None
 
 
+def reference_figures(reference: ProbeData, reference_best: ProbeData, inputs: ProbeInputs, judge: Judge,
+                      config: AssignmentConfig) -> dict[str, ModelFigures]:
+    """The reference's figures (vae_tuned at one β, and the best-β anchor): the same for every
+    student who chose that β, so the grader computes them once per β and run."""
+    figures, missing = all_model_figures(reference, inputs, judge, config, check_memorisation=False)
+    if missing:  # the grader's own models: a failure here is a bug, not the student's
+        raise RuntimeError(f"reference models could not be measured: {missing}")
+    tuned_role = next(iter(_sample_roles(config)), "vae_tuned")
+    figures[BEST] = model_figures(reference_best, tuned_role, inputs, judge)
+    return figures
+
+
 def measure(
     student: ProbeData,
-    reference: ProbeData,
-    reference_best: ProbeData,
+    reference_figures: dict[str, ModelFigures],
     inputs: ProbeInputs,
     unit_inputs: UnitInputs,
     judge: Judge,
@@ -172,11 +183,6 @@ def measure(
     config: AssignmentConfig,
 ) -> Measurement:
     student_figures, missing = all_model_figures(student, inputs, judge, config)
-    reference_figures, reference_missing = all_model_figures(reference, inputs, judge, config, check_memorisation=False)
-    if reference_missing:  # the grader's own models: a failure here is a bug, not the student's
-        raise RuntimeError(f"reference models could not be measured: {reference_missing}")
-    tuned_role = next(iter(_sample_roles(config)), "vae_tuned")
-    reference_figures[BEST] = model_figures(reference_best, tuned_role, inputs, judge)
     if "probe" in student.errors:
         missing.update({role: student.errors["probe"] for role in config.contract.model_names() if role not in missing})
     result = Metrics(
