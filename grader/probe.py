@@ -218,7 +218,7 @@ def read_npz_bounded(path: Path, max_bytes: int) -> dict[str, np.ndarray]:
                     raise ExportTooLarge(f"{info.filename}: its header claims more data than it holds")
                 data = np.frombuffer(member.read(count * dtype.itemsize), dtype=dtype, count=count)
                 order = "F" if fortran else "C"
-                arrays[info.filename.removesuffix(".npy")] = data.reshape(shape, order=order)
+                arrays[info.filename.removesuffix(".npy")] = data.reshape(shape, order=order).copy()  # writable
     return arrays
 
 
