@@ -88,8 +88,8 @@ def rebuild_models(config: AssignmentConfig, params: dict, export: KernelExport)
             continue
         try:
             rebuilt.models[role], note = rebuild_model(config, role, nz, export.weights[role])
-        except WeightsMismatch as exc:
-            rebuilt.errors[role] = f"{var}: {exc}"
+        except WeightsMismatch as exc:  # the report prefixes the role; name the variable where it differs
+            rebuilt.errors[role] = str(exc) if var == role else f"({var}) {exc}"
             continue
         if note:
             rebuilt.notes[role] = f"{var}: {note}"
