@@ -39,8 +39,8 @@ pytestmark = [pytest.mark.hostile, pytest.mark.slow]
 CELL_TIMEOUT = 60
 NOTEBOOK_TIMEOUT = 300
 FORGERY_MARGIN = 0.5
-# The corpus is sized to grade in about 5 minutes on 2 idle cores; this bound only catches gross
-# slowness (a busy shared machine made one run take 1059 s).
+# The corpus was meant to grade in about 5 minutes on 2 cores; it took 660 s on a lightly loaded
+# 2-core machine and 1059 s on a busy one. This bound only catches gross slowness.
 WALL_BUDGET_S = 1200
 GRADER_FAILURE = ("the grader failed while evaluating", "the grader could not run")
 
