@@ -143,7 +143,7 @@ class Limits(Strict):
     threads: int = Field(default=1, gt=0)   # CPU threads per kernel and for reference training
     disk_mb: int = Field(default=2048, gt=0)  # a kernel's scratch dir, and its /tmp and /dev/shm, each
     file_mb: int = Field(default=1024, gt=0)  # the largest file a sandboxed process may write
-    message_mb: int = Field(default=64, gt=0)  # the largest kernel message the grader accepts
+    message_mb: int = Field(default=256, gt=0)  # the largest kernel message the grader accepts
 
 
 class ProbeInfo(Strict):

@@ -610,6 +610,7 @@ async def _run_cells(client: SandboxClient, nb: NotebookNode, run: _Run, cell_ti
                 run.errors.append(f"the grader's parameters cell failed: {outcome.error}")
             continue
         hint = hint_for(submitted_index, outcome.error, outcome.traceback, data_dir=str(client.sandbox.data_path),
+                        memory_mb=client.sandbox.limits.memory_mb,
                         source=cell.source) if outcome.status == "error" else None
         run.cells.append(CellRun(index=submitted_index, status=outcome.status, seconds=round(outcome.seconds, 3),
                                  error=outcome.error, traceback=outcome.traceback, source_head=_source_head(cell),

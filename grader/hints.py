@@ -24,6 +24,7 @@ class Hint:
 class HintContext:
     data_dir: str | None = None     # DATA_DIR as the kernel saw it
     source: str = ""                 # the failing cell's source
+    memory_mb: int | None = None     # the kernel's memory limit
 
 
 def _cuda(index: int, match: re.Match, ctx: HintContext) -> str:
@@ -73,7 +74,15 @@ def _missing_file(index: int, match: re.Match, ctx: HintContext) -> str | None:
             "saved weights)")
 
 
+def _memory(index: int, match: re.Match, ctx: HintContext) -> str:
+    limit = f" of {ctx.memory_mb} MB" if ctx.memory_mb else ""
+    return (f"cell {index} ran out of memory: the grader gives a notebook a memory limit{limit} (the "
+            "kernel and its processes together); keep the data as the handout loads it, train in "
+            "batches, and free large tensors you no longer need")
+
+
 _HINTS = [
+    Hint(re.compile(r"MemoryError|CUDA out of memory|DefaultCPUAllocator: can't allocate memory"), _memory),
     Hint(re.compile(r"Attempting to deserialize object on a CUDA device"), _cuda_load),
     Hint(re.compile(r"Found no NVIDIA driver|Torch not compiled with CUDA enabled|no CUDA GPUs are available"
                     r"|CUDA driver initialization failed|NVIDIA driver on your system is too old"
@@ -92,11 +101,11 @@ _HINTS = [
 
 
 def hint_for(index: int, error: str | None, traceback: str | None = None, *,
-             data_dir: str | None = None, source: str = "") -> str | None:
+             data_dir: str | None = None, source: str = "", memory_mb: int | None = None) -> str | None:
     """The hint for cell `index` that failed with `error` (and `traceback`), or None."""
     if not error and not traceback:
         return None
-    ctx = HintContext(data_dir=data_dir, source=source or "")
+    ctx = HintContext(data_dir=data_dir, source=source or "", memory_mb=memory_mb)
     # The error line first: a traceback may quote unrelated text (a student's own comment).
     for text in (error or "", traceback or ""):
         for hint in _HINTS:

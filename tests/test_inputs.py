@@ -365,3 +365,10 @@ def test_untagged_parameters_cell_is_found_and_errors_get_hints(batch):
                             capture_output=True, text=True, check=True).stdout
     flat = " ".join(report.split())
     assert "What to change:" in flat and "only on your machine" in flat and "guard them with" in flat
+
+
+def test_an_out_of_memory_error_says_what_the_limit_is():
+    from grader.hints import hint_for
+
+    hint = hint_for(7, "MemoryError: Unable to allocate 100. MiB for an array", memory_mb=6144)
+    assert "cell 7 ran out of memory" in hint and "6144 MB" in hint

@@ -757,7 +757,8 @@ CASES: list[Case] = [
          untrained_plus(ZIP_BOMB), "graded", UNTRAINED, forgery=True),
     # memory
     Case("memory_20gb", "memory", "allocates and touches 20 GB in 100 MB steps",
-         untrained_plus(MEMORY), "crashed", r"(?i)(out of memory|out-of-memory|memory limit|more than \d+ ?MB)"),
+         # the per-process data limit (RLIMIT_DATA) fires first: a MemoryError in that cell, with a hint
+         untrained_plus(MEMORY), "error", r"(?i)(out of memory|out-of-memory|memory limit|more than \d+ ?MB)"),
     # output
     Case("stdout_100mb", "output", "prints 100 MB", untrained_plus(STDOUT_FLOOD), "graded", OUTPUT_CAPPED,
          max_executed_bytes=10_000_000),
@@ -787,7 +788,8 @@ CASES: list[Case] = [
          r"SystemExit"),
     # names and files
     Case("gradebook.csv", "names and files", "a notebook named gradebook.csv.ipynb (the gradebook's own name)",
-         _lazy(untrained_nb), "invalid", r"(?i)(file ?name|reserved|clash|conflict|collide)",
+         # graded like any notebook, in a folder that cannot clash with the grader's own files
+         _lazy(untrained_nb), "graded", UNTRAINED,
          filename="gradebook.csv.ipynb"),
     Case("shadow_link", "names and files", f"a symbolic link to {SHADOW}", _symlink_to(SHADOW), "invalid",
          r"(?i)(symbolic link|symlink)"),
