@@ -303,6 +303,7 @@ class SandboxClient(NotebookClient):
         self.timed_out = False
         self.last_reply: dict | None = None
         self.dropped_messages = 0
+        self.widget_state_capped = False   # some widget state passed the cap and was not kept
         self._kept: dict[int, int] = {}
         self._sizes: dict[int, dict[int, int]] = {}  # cell -> output index -> size, for display outputs
         self._truncated: set[int] = set()
@@ -413,6 +414,8 @@ class SandboxClient(NotebookClient):
         self.store_widget_state = self._widget_bytes + size <= self.output_bytes
         if self.store_widget_state:
             self._widget_bytes += size
+        else:
+            self.widget_state_capped = True
         super().handle_comm_msg(outs, msg, cell_index)
 
     def on_comm_open_jupyter_widget(self, msg):
@@ -430,6 +433,7 @@ class SandboxClient(NotebookClient):
         widgets = self.nb.metadata.get("widgets")
         if widgets is not None and len(json.dumps(widgets, default=str)) > self.output_bytes:
             del self.nb.metadata["widgets"]
+            self.widget_state_capped = True
 
 
 # --- running cells -----------------------------------------------------------------------------
@@ -561,6 +565,9 @@ async def _run_notebook(nb: NotebookNode, sandbox: Sandbox, *, probe_code: str |
     client.set_widgets_metadata()
     if client.dropped_messages:
         run.errors.append(f"the grader ignored {client.dropped_messages} malformed message(s) from the kernel")
+    if client.widget_state_capped:
+        run.errors.append(f"widget state passed the grader's output cap of {client.output_bytes} bytes "
+                          "and was left out of the executed notebook")
     return run
 
 
@@ -620,6 +627,9 @@ async def _run_cells(client: SandboxClient, nb: NotebookNode, run: _Run, cell_ti
             run.errors.append(f"{where}: {outcome.error.removeprefix('KernelDied: ')}; the cells after it were not run")
         elif outcome.status == "timeout":
             run.errors.append(f"{where}: {outcome.error.removeprefix('Timeout: ')}")
+        if index in client._truncated:  # the student should know why the report shows less
+            run.errors.append(f"{where}: its output passed the grader's output cap of {client.output_bytes} "
+                              "bytes and was truncated")
     if alive and monotonic() >= deadline and any(c.status == "not_run" for c in run.cells):
         run.errors.append(f"the notebook's time budget of {notebook_timeout:.0f} s ran out; "
                           "the cells after the interrupted one were not run")

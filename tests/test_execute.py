@@ -740,6 +740,9 @@ def test_display_updates_count_against_the_output_cap(tmp_path, data_dir):
     assert "output truncated by the grader" in texts[0] and texts[1:50] == ["tiny"] * 49
     assert texts[50] == "after"                                    # an update that fits is applied
     assert stdout_of(executed_cells(result)[3]) == "next\n"
+    assert [e for e in result.errors if "was truncated" in e] == [
+        f"cell 1 ({DISPLAY_FLOOD.strip().splitlines()[0][:80]!r}): its output passed the grader's output cap "
+        "of 100000 bytes and was truncated"]
 
 
 WIDGETS = """
@@ -767,6 +770,7 @@ def test_widget_state_is_capped_and_malformed_comms_are_ignored(tmp_path, data_d
     states = widgets["application/vnd.jupyter.widget-state+json"]["state"].values()
     assert [s["state"]["value"] for s in states if s["model_name"] == "DOMWidgetModel"] == ["small"]
     assert any("malformed message" in e for e in result.errors)
+    assert any("widget state passed the grader's output cap" in e for e in result.errors)
 
 
 # --- CI ----------------------------------------------------------------------------------------
