@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -25,25 +24,12 @@ def write_text(path: Path, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
-def copy_file(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class CopyRefused(ValueError):
     """A file left in a sandbox's scratch directory that the grader will not take out."""
 
 
 def copy_bounded(source: Path, target: Path, max_bytes: int) -> None:
-    """copy_file for untrusted files: only a regular file (not a link, a directory or a device) of
+    """A copy of an untrusted file: only a regular file (not a link, a directory or a device) of
     at most max_bytes by its logical size, so a sparse 1 GiB file is refused before a byte is read,
     and never more than max_bytes are read even if it grows meanwhile."""
     import stat

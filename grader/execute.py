@@ -42,12 +42,12 @@ from . import atomic
 from .hints import hint_for
 from .inject import inject_parameters, is_injected, locate_parameters, placement_warning, without_injected
 from .records import CellRun, ExecutionResult, Status
+from .probe import VALUES_FILE, WEIGHTS_FILE
 from .sandbox import Sandbox, SandboxedKernelManager, SandboxError, remove_tree
 
 SUBMISSION_COPY = "submitted.ipynb"
 EXECUTED_NOTEBOOK = "executed.ipynb"
-PROBE_FILE = "weights.npz"   # probe.WEIGHTS_FILE: what the export hands back
-PROBE_VALUES = "probe.json"  # probe.VALUES_FILE
+PROBE_FILE, PROBE_VALUES = WEIGHTS_FILE, VALUES_FILE   # what the kernel's export writes
 # How long an interrupted cell may take to stop before its kernel is killed.
 INTERRUPT_GRACE_S = 10.0
 KERNEL_STARTUP_S = 60

@@ -32,13 +32,11 @@ from .errors import GraderError
 from .probe import VALUES_FILE, WEIGHTS_FILE, KernelExport, ProbeData, ProbeInputs, export_code, load_export, probe_models
 from .records import Answer, ExecutionResult, SubmissionResult
 from .score import score_checks, totals
+from .execute import EXECUTED_NOTEBOOK
 from .unitcheck import UnitInputs, UnitResult
 
 # What may be copied out of a scratch directory, and how big each may be (bytes).
-EXECUTED_NOTEBOOK = "executed.ipynb"
 MAX_EXECUTED_BYTES = 100 << 20
-UNIT_ARRAYS = "unit.npz"
-UNIT_ERRORS = "unit.json"
 
 Log = Callable[[str], None]
 
@@ -222,7 +220,7 @@ def run_execution(ctx: GradingContext, notebook: Path, out: Path) -> ExecutionRe
         )
         _take_out_of_scratch(ctx, scratch, out, result)
         if result.status != "invalid":
-            _save_unit_result(out, _unit_checks(ctx, notebook))
+            _unit_checks(ctx, notebook).save(out)
     finally:
         sandbox.remove_tree(scratch)  # any depth; unmounts the tmpfs
     atomic.write_text(record, json.dumps({"key": key, "result": result.model_dump()}, indent=1))
@@ -260,31 +258,6 @@ def _unit_checks(ctx: GradingContext, notebook: Path) -> UnitResult:
     return run_unit_checks(nb, ctx.config, ctx.params, ctx.unit_inputs, ctx.data_dir)
 
 
-def _save_unit_result(out: Path, unit: UnitResult) -> None:
-    import numpy as np
-
-    buffer = io.BytesIO()
-    np.savez(buffer, **unit.arrays)
-    atomic.write_bytes(out / UNIT_ARRAYS, buffer.getvalue())
-    atomic.write_text(out / UNIT_ERRORS, json.dumps(unit.errors))
-
-
-def _load_unit_result(ctx: GradingContext, out: Path) -> UnitResult:
-    """The unit checks the execution stage saved (grader-written files); keyed by the contract's
-    function names in the checker, by check part here."""
-    from .probe import read_npz_bounded
-
-    contract = ctx.config.contract
-    parts = {contract.kl_divergence: "kl_divergence", contract.reparameterize: "reparameterize"}
-    try:
-        errors = json.loads((out / UNIT_ERRORS).read_text())
-        arrays = read_npz_bounded(out / UNIT_ARRAYS, 64 << 20)
-    except (OSError, ValueError) as exc:
-        why = f"the unit checks' results could not be read ({exc})"
-        return UnitResult(errors={part: why for part in parts.values()})
-    return UnitResult(arrays=arrays, errors={parts.get(k, k): v for k, v in errors.items()})
-
-
 def student_probe(ctx: GradingContext, out: Path, execution: ExecutionResult) -> tuple[ProbeData, list[str]]:
     """The student's models, rebuilt from their weights in the grader's architecture and run here,
     plus the unit checks' outputs; the notes say how weights were matched."""
@@ -303,7 +276,7 @@ def student_probe(ctx: GradingContext, out: Path, execution: ExecutionResult) ->
     probe.errors.update({k: v for k, v in export.errors.items() if k not in probe.errors})
     probe.values = export.values
     if execution.status != "invalid":
-        unit = _load_unit_result(ctx, out)
+        unit = UnitResult.load(out, ctx.config)
         probe.arrays.update(unit.arrays)
         probe.errors.update(unit.errors)
     return probe, list(rebuilt.notes.values())

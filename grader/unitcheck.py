@@ -10,15 +10,18 @@ arrays; the comparison with the closed forms happens in the grader (measure.py).
 from __future__ import annotations
 
 import ast
+import io
 import json
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from nbformat import NotebookNode
 
+from . import atomic
 from .config import AssignmentConfig
 from .probe import read_npz_bounded
 from .sandbox import Sandbox, scratch_dir
@@ -58,6 +61,30 @@ def make_unit_inputs(config: AssignmentConfig, params: dict) -> UnitInputs:
 class UnitResult:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)   # "kl_unit", "reparam_unit"
     errors: dict[str, str] = field(default_factory=dict)          # contract function -> why
+
+    SAVED_ARRAYS: ClassVar[str] = "unit.npz"
+    SAVED_ERRORS: ClassVar[str] = "unit.json"
+
+    def save(self, out: Path) -> None:
+        """Kept beside the execution record (grader-written files), so re-scoring needs no rerun."""
+        buffer = io.BytesIO()
+        np.savez(buffer, **self.arrays)
+        atomic.write_bytes(out / self.SAVED_ARRAYS, buffer.getvalue())
+        atomic.write_text(out / self.SAVED_ERRORS, json.dumps(self.errors))
+
+    @classmethod
+    def load(cls, out: Path, config: AssignmentConfig) -> "UnitResult":
+        """What save wrote, its errors keyed by check part (kl_divergence, reparameterize) rather
+        than by the notebook's function names."""
+        contract = config.contract
+        parts = {contract.kl_divergence: "kl_divergence", contract.reparameterize: "reparameterize"}
+        try:
+            errors = json.loads((out / cls.SAVED_ERRORS).read_text())
+            arrays = read_npz_bounded(out / cls.SAVED_ARRAYS, MAX_OUTPUT_BYTES)
+        except (OSError, ValueError) as exc:
+            why = f"the unit checks' results could not be read ({exc})"
+            return cls(errors={part: why for part in parts.values()})
+        return cls(arrays=arrays, errors={parts.get(k, k): v for k, v in errors.items()})
 
 
 # --- the source -----------------------------------------------------------------------------------
