@@ -14,6 +14,8 @@ from .errors import GraderError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Grade autoencoder/VAE notebooks.")
 classifier_app = typer.Typer(no_args_is_help=True, help="The MNIST classifier that judges samples.")
 app.add_typer(classifier_app, name="classifier")
+marks_app = typer.Typer(no_args_is_help=True, help="Staff marks of the written answers as spreadsheets.")
+app.add_typer(marks_app, name="marks")
 
 ConfigOpt = typer.Option(None, "--config", help="Assignment config (default: reference/assignment.toml).")
 ParamOpt = typer.Option([], "-p", "--parameter", help="Override a notebook parameter: NAME=VALUE (repeatable).")
@@ -160,6 +162,72 @@ def report(
 
     paths = rerender(out, load_config(config))
     typer.echo(f"rendered {len(paths)} PDF(s) in {out}")
+
+
+MarkerOpt = typer.Option(None, "--marker", help="Who is marking (recorded with every mark; default: your user name).")
+
+
+@app.command()
+@_user_errors
+def mark(
+    out: Path = typer.Argument(..., help="An output folder written by `grader grade`."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; anything but loopback needs the printed token."),
+    port: int = typer.Option(8765, "--port", help="Port to listen on (0: any free port)."),
+    marker: Optional[str] = MarkerOpt,
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Start the marking page over a graded OUT folder: question by question, rubric items, groups."""
+    from .config import load_config
+    from .marking.app import serve
+
+    serve(out, load_config(config), host=host, port=port, marker=marker, log=_log)
+
+
+@marks_app.command("export")
+@_user_errors
+def marks_export(
+    out: Path = typer.Argument(..., help="An output folder written by `grader grade`."),
+    question: str = typer.Option(..., "--question", help="The question's id, e.g. Q2."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="CSV file to write (default: standard output)."),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """One question's marking sheet as CSV: submission, answer, words, rubric items, points, comment."""
+    from .config import load_config
+    from .marking.sheet import export_sheet
+
+    export_sheet(out, load_config(config), question, output)
+
+
+@marks_app.command("import")
+@_user_errors
+def marks_import(
+    out: Path = typer.Argument(..., help="An output folder written by `grader grade`."),
+    sheet: Path = typer.Argument(..., help="A marking sheet CSV (as `grader marks export` writes it)."),
+    marker: Optional[str] = MarkerOpt,
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Read a marking sheet back; every row is validated first and nothing is applied unless all are valid."""
+    from .config import load_config
+    from .marking.sheet import import_sheet
+
+    report = import_sheet(out, load_config(config), sheet, marker=marker)
+    typer.echo(str(report))
+
+
+@app.command("export")
+@_user_errors
+def export_grades(
+    out: Path = typer.Argument(..., help="An output folder written by `grader grade`."),
+    format: str = typer.Option("csv", "--format", help="canvas, moodle or csv."),
+    roster: Optional[Path] = typer.Option(None, "--roster", help="CSV mapping submission files to student ids."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="File to write (default: OUT/grades-<format>.csv)."),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """The gradebook (automatic + written points) in an LMS's import format."""
+    from .config import load_config
+    from .marking.lms import export_grades as run_export
+
+    run_export(out, load_config(config), format, roster=roster, output=output, log=_log)
 
 
 def main() -> None:  # pragma: no cover - console script shim

@@ -161,6 +161,33 @@ class ProbeInfo(Strict):
     memorised_distance: float = Field(default=0.025, gt=0)  # a sample this close to an MNIST image is a copy
 
 
+class RubricItemSpec(Strict):
+    """A starting rubric item (Gradescope-style); staff edit the rubric in `grader mark`."""
+
+    text: str = Field(min_length=1)
+    points: float        # positive adds, negative deducts
+
+
+class Evidence(Strict):
+    """What of the student's own work a marker sees beside an answer (in `grader mark`)."""
+
+    figures: list[str] = []    # figure names of the result record (result.figures), in this order
+    metrics: list[str] = []    # "role.field" of Metrics.student / Metrics.reference, e.g. "vae_beta0.kl"
+    cells: list[str] = []      # regexes on code cells' source: their saved outputs beside the re-run's
+
+    @field_validator("cells")
+    @classmethod
+    def _cells_compile(cls, patterns: list[str]) -> list[str]:
+        import re
+
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a valid regular expression: {exc}") from exc
+        return patterns
+
+
 class Question(Strict):
     id: str
     part: str
@@ -168,6 +195,18 @@ class Question(Strict):
     text: str = ""      # the question as the report shows it
     points: float = Field(gt=0)
     limit: int = Field(gt=0)
+    # positive: an answer starts at 0 and rubric items add; negative: it starts at full points and
+    # items deduct. Either way the points are kept within 0..points.
+    scoring: Literal["positive", "negative"] = "positive"
+    rubric: list[RubricItemSpec] = []
+    evidence: Evidence = Field(default_factory=Evidence)
+
+    @model_validator(mode="after")
+    def _rubric_within_points(self) -> "Question":
+        for item in self.rubric:
+            if abs(item.points) > self.points:
+                raise ValueError(f"rubric item {item.text!r}: {item.points:g} points, more than the question's {self.points:g}")
+        return self
 
     @field_validator("match")
     @classmethod

@@ -122,3 +122,63 @@ class SubmissionResult(BaseModel):
     graded_at: str = ""
     seconds: float = 0.0
     cache_key: str = ""
+
+
+# --- Marking of the written answers (grader/marking) -------------------------------------------
+
+
+class RubricItem(BaseModel):
+    """One rubric item of a question, as the marking database holds it."""
+
+    id: int
+    question: str
+    position: int                   # 1-based order on the page; keys 1-9 apply the first nine
+    text: str
+    points: float                   # added (positive) or deducted (negative)
+
+
+class Mark(BaseModel):
+    """Staff's mark of one answer. `points` is derived from the rubric as it is now, so changing
+    an item's points re-scores every answer it is applied to."""
+
+    submission: str
+    question: str
+    items: list[int] = []           # ids of the rubric items applied
+    adjustment: float = 0.0         # free points on top of the items
+    comment: str = ""
+    points: float = 0.0             # within 0..max_points
+    max_points: float = 0.0
+    marker: str = ""                # who changed it last
+    marked_at: str = ""             # when (ISO 8601, UTC)
+    version: int = 0                # bumped on every change; a stale version is refused
+    stale: bool = False             # the answer's text changed since it was marked
+
+
+class FinalGrade(BaseModel):
+    """A submission's automatic points and staff marks together: what the final PDF, the
+    gradebook and the LMS export say."""
+
+    submission: str
+    status: str
+    auto_points: float
+    auto_max: float
+    written: dict[str, Mark | None] = {}   # question id -> its mark, None while unmarked
+    written_max: float = 0.0
+    unmarked: list[str] = []               # question ids without a mark
+    stale: list[str] = []                  # question ids whose answer changed since marking
+
+    @property
+    def written_points(self) -> float:
+        return sum(m.points for m in self.written.values() if m is not None)
+
+    @property
+    def total(self) -> float:
+        return self.auto_points + self.written_points
+
+    @property
+    def total_max(self) -> float:
+        return self.auto_max + self.written_max
+
+    @property
+    def complete(self) -> bool:
+        return not self.unmarked
