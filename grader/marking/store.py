@@ -128,9 +128,13 @@ class MarkStore:
         except sqlite3.Error as exc:
             raise MarkingError(f"{self.path}: cannot open the marking database ({exc})") from exc
         db.row_factory = sqlite3.Row
-        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        db.execute("PRAGMA foreign_keys = ON")
-        db.execute("PRAGMA synchronous = FULL")   # a mark acknowledged is on disk
+        try:
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            db.execute("PRAGMA foreign_keys = ON")
+            db.execute("PRAGMA synchronous = FULL")   # a mark acknowledged is on disk
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise MarkingError(f"{self.path}: not a marking database ({exc})") from exc
         return db
 
     @contextmanager
