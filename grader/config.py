@@ -311,6 +311,23 @@ class Assessable(Strict):
     max_reference_mse_ratio: float = Field(gt=0, le=1)
 
 
+class MarkingSettings(Strict):
+    """How `grader mark` groups similar answers (grader.marking.groups)."""
+
+    # Answers join a group while their mean cosine distance (word and character TF-IDF) to its
+    # members is under this: 0 = identical texts only, 1 = everything in one group.
+    group_distance: float = Field(default=0.6, gt=0, lt=1)
+    group_word_ngrams: tuple[int, int] = (1, 2)
+    group_char_ngrams: tuple[int, int] = (3, 5)
+
+    @field_validator("group_word_ngrams", "group_char_ngrams")
+    @classmethod
+    def _ngram_range(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= value[0] <= value[1]:
+            raise ValueError(f"an n-gram range is [smallest, largest] with 1 <= smallest <= largest, not {list(value)}")
+        return value
+
+
 class AssignmentConfig(Strict):
     assignment: AssignmentInfo
     classifier: ClassifierInfo
@@ -323,6 +340,7 @@ class AssignmentConfig(Strict):
     questions: list[Question] = Field(min_length=1)
     checks: list[CheckSpec] = Field(min_length=1)
     assessable: Assessable
+    marking: MarkingSettings = Field(default_factory=MarkingSettings)
 
     # Set by load_config: the folder the relative paths above are resolved against.
     base_dir: Path = Path(".")
