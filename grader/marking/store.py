@@ -86,6 +86,20 @@ class MarkConflict(MarkingError):
 
 
 @dataclass(frozen=True)
+class MarkChange:
+    """One answer's whole mark as a batch sets it (`apply_marks`): exactly these items, this
+    adjustment and comment; clear=True makes the answer unmarked. base_version is the mark's
+    version the change was made against (0: unmarked then; None: not checked)."""
+
+    submission: str
+    items: tuple[int, ...] = ()
+    adjustment: float = 0.0
+    comment: str = ""
+    clear: bool = False
+    base_version: int | None = None
+
+
+@dataclass(frozen=True)
 class SyncReport:
     added: int          # answers new to the database
     changed: int        # answers whose text changed since the last sync
@@ -391,6 +405,48 @@ class MarkStore:
             db.execute("DELETE FROM applied WHERE submission = ? AND question = ?", (submission, question_id))
             db.execute("DELETE FROM marks WHERE submission = ? AND question = ?", (submission, question_id))
             self._log(db, "mark_cleared", question_id, submission, was=before.model_dump())
+
+    def apply_marks(self, question_id: str, changes: list[MarkChange], source: str = "batch") -> None:
+        """Set many answers' marks of one question in ONE transaction (a spreadsheet import): all
+        of them or, on any refusal (unknown submission or item, adjustment out of range, a mark
+        changed since its base_version), none. Each change is logged with its source."""
+        question = self.question(question_id)
+        for change in changes:
+            if not abs(change.adjustment) <= question.points:
+                raise MarkingError(f"{question_id} {change.submission}: an adjustment must be within "
+                                   f"±{question.points:g}, not {change.adjustment:g}")
+        with self._write() as db:
+            self._require_answers(db, question_id, [c.submission for c in changes])
+            rubric = {item.id for item in self._rubric(db, question_id)}
+            current = self._marks(db, question_id)
+            for change in changes:
+                before = current.get(change.submission)
+                if change.base_version is not None and (before.version if before else 0) != change.base_version:
+                    raise MarkConflict(before or Mark(submission=change.submission, question=question_id,
+                                                      max_points=question.points))
+                unknown = sorted(set(change.items) - rubric)
+                if unknown:
+                    raise MarkingError(f"{question_id}: unknown rubric item(s) {', '.join(map(str, unknown))}")
+                self._replace_mark(db, question_id, change, before)
+                self._log(db, "mark_cleared" if change.clear else "mark_replaced", question_id, change.submission,
+                          source=source, items=list(change.items), adjustment=change.adjustment,
+                          comment=change.comment, was=before.model_dump() if before else None)
+
+    def _replace_mark(self, db: sqlite3.Connection, question_id: str, change: MarkChange, before: Mark | None) -> None:
+        key = (change.submission, question_id)
+        if change.clear:
+            db.execute("DELETE FROM applied WHERE submission = ? AND question = ?", key)
+            db.execute("DELETE FROM marks WHERE submission = ? AND question = ?", key)
+            return
+        keep = set(change.items)
+        for item in set(before.items if before else ()) - keep:
+            db.execute("DELETE FROM applied WHERE submission = ? AND question = ? AND item = ?", (*key, item))
+        stamp = now_iso()
+        for item in sorted(keep):
+            db.execute("INSERT OR IGNORE INTO applied VALUES (?, ?, ?, ?, ?)", (*key, item, self.marker, stamp))
+        self._touch(db, question_id, [change.submission])
+        db.execute("UPDATE marks SET adjustment = ?, comment = ? WHERE submission = ? AND question = ?",
+                   (change.adjustment, change.comment, *key))
 
     def _mark(self, db: sqlite3.Connection, submission: str, question_id: str) -> Mark:
         return self._marks(db, question_id, submission).get(submission) or Mark(
