@@ -187,6 +187,22 @@ class Evidence(Strict):
                 raise ValueError(f"{pattern!r} is not a valid regular expression: {exc}") from exc
         return patterns
 
+    def metric_problems(self) -> list[str]:
+        """What is wrong with each "role.field" of metrics: its shape, or a field the measured
+        figures (grader.records.ModelFigures) do not have. Roles are checked against the
+        contract by AssignmentConfig, which knows it."""
+        from .records import ModelFigures
+
+        problems = []
+        for metric in self.metrics:
+            role, dot, name = metric.partition(".")
+            if not (dot and role and name):
+                problems.append(f"evidence metric {metric!r} is not of the form role.field (e.g. 'vae_beta0.kl')")
+            elif name not in ModelFigures.model_fields:
+                known = ", ".join(ModelFigures.model_fields)
+                problems.append(f"evidence metric {metric!r}: no measured figure {name!r} (known: {known})")
+        return problems
+
 
 class Question(Strict):
     id: str
@@ -200,6 +216,13 @@ class Question(Strict):
     scoring: Literal["positive", "negative"] = "positive"
     rubric: list[RubricItemSpec] = []
     evidence: Evidence = Field(default_factory=Evidence)
+
+    @model_validator(mode="after")
+    def _evidence_metrics_exist(self) -> "Question":
+        problems = self.evidence.metric_problems()
+        if problems:  # raised here, not in Evidence, so that the message names the question
+            raise ValueError(f"question {self.id}: " + "; ".join(problems))
+        return self
 
     @model_validator(mode="after")
     def _rubric_within_points(self) -> "Question":
@@ -353,6 +376,17 @@ class AssignmentConfig(Strict):
             raise ValueError(f"architecture.kinds: no kind (ae or vae) for the model(s) {', '.join(missing)}")
         if self.architecture.latent not in self.parameters.spec:
             raise ValueError(f"architecture.latent names {self.architecture.latent!r}, which is not a parameter")
+        return self
+
+    @model_validator(mode="after")
+    def _evidence_roles_are_models(self) -> "AssignmentConfig":
+        roles = self.contract.model_names()
+        for question in self.questions:
+            for metric in question.evidence.metrics:
+                role = metric.partition(".")[0]
+                if role not in roles:
+                    raise ValueError(f"question {question.id}: evidence metric {metric!r} names the role {role!r}, "
+                                     f"which is not a model of the contract (known: {', '.join(roles)})")
         return self
 
     @model_validator(mode="after")

@@ -201,6 +201,7 @@ def run_execution(ctx: GradingContext, notebook: Path, out: Path) -> ExecutionRe
     from .execute import execute_notebook
 
     key = execution_key(ctx, notebook)
+    keep_submission(notebook, out)
     record = out / "execution.json"
     if record.exists():
         try:
@@ -225,6 +226,21 @@ def run_execution(ctx: GradingContext, notebook: Path, out: Path) -> ExecutionRe
         sandbox.remove_tree(scratch)  # any depth; unmounts the tmpfs
     atomic.write_text(record, json.dumps({"key": key, "result": result.model_dump()}, indent=1))
     return result
+
+
+def keep_submission(notebook: Path, out: Path) -> None:
+    """OUT/<folder>/submitted.ipynb: the notebook as handed in, so that `grader mark` can show the
+    outputs the student saved beside the re-run's (the submission itself is never modified).
+    Copied on every run, even one that reuses its execution, so it is the bytes that were graded;
+    one that cannot be copied (a link, a directory, over the cap) is not kept, and execution says
+    why it is invalid."""
+    from .execute import MAX_NOTEBOOK_BYTES, SUBMISSION_COPY
+
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        atomic.copy_bounded(notebook, out / SUBMISSION_COPY, MAX_NOTEBOOK_BYTES)
+    except (atomic.CopyRefused, OSError):
+        (out / SUBMISSION_COPY).unlink(missing_ok=True)
 
 
 def _take_out_of_scratch(ctx: GradingContext, scratch: Path, out: Path, result: ExecutionResult) -> None:

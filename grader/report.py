@@ -282,7 +282,7 @@ def unit_rows(figures) -> list[dict]:
 SIDES = {"student": "your model", "reference": "reference"}
 
 
-def _figure_caption(name: str, config: AssignmentConfig) -> str:
+def figure_caption(name: str, config: AssignmentConfig) -> str:
     """'samples_vae_tuned_student' -> 'Samples — Tuned VAE, your model. <what the figure shows>'."""
     kind, qualifiers = name, []
     for side, words in SIDES.items():
@@ -321,7 +321,7 @@ def figure_items(result: SubmissionResult, out_dir: Path, config: AssignmentConf
             continue
         uri = png_data_uri(out_dir / file_name)
         if uri:
-            items.append({"name": name, "caption": _figure_caption(name, config), "uri": uri})
+            items.append({"name": name, "caption": figure_caption(name, config), "uri": uri})
     return items
 
 

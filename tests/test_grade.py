@@ -69,6 +69,8 @@ def test_every_submission_gets_a_row_and_its_status(graded, folder):
     assert sorted(r[0] for r in rows[1:]) == ["correct", "dies", "garbage", "raises"]
     for name in results:
         assert (out / name / "report.pdf").stat().st_size > 1000
+        # the notebook as handed in, kept for `grader mark` (saved outputs beside the re-run's)
+        assert (out / name / "submitted.ipynb").read_bytes() == (folder / f"{name}.ipynb").read_bytes(), name
     assert (out / "summary.pdf").exists() and (out / "summary.json").exists()
 
 
