@@ -11,6 +11,9 @@ command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 need=()
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 command -v pdftoppm >/dev/null 2>&1 || need+=(poppler-utils)
+# chromium + chromium-driver: the marking page's real-browser test (tests/test_mark_browser.py).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 for lib in libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0; do
   dpkg -s "$lib" >/dev/null 2>&1 || need+=("$lib")
 done
