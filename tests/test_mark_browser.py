@@ -27,8 +27,10 @@ CONFIG = load_config()
 QUESTION = CONFIG.questions[0]
 GRADER = Path(sys.executable).with_name("grader")
 COMMENT = "Good observation; say why the prior misses the codes."
+SAMPLES = "The AE samples are mostly blobs, not digits: nothing makes the codes follow N(0, I)."
 SUBMISSIONS = {
-    "ada": "The AE samples are mostly blobs, not digits: nothing makes the codes follow N(0, I).",
+    "ada": SAMPLES,
+    "bea": SAMPLES.replace("mostly", "largely"),     # a near copy: ada's answer group
     "grace": "Samples look like digits but blurry.",
     "linus": "I am not sure what the samples show.",
 }
@@ -104,6 +106,7 @@ def pdf_text(path: Path) -> str:
 
 def test_a_browser_marks_an_answer_and_the_pdf_shows_it(tmp_path):
     chromium, driver_path = browser_paths()
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
@@ -123,7 +126,7 @@ def test_a_browser_marks_an_answer_and_the_pdf_shows_it(tmp_path):
 
         body = browser.find_element(By.TAG_NAME, "body")
         body.send_keys("1")                                   # the first rubric item
-        first = QUESTION.rubric[0]
+        first = QUESTION.rubric[0]    # the config's items seed the rubric in order
         wait.until(lambda b: b.find_element(By.ID, "mark-points").text == f"{first.points:g} / {QUESTION.points:g}")
         assert "applied" in browser.find_element(By.CSS_SELECTOR, "#rubric li[data-position='1']").get_attribute("class")
 
@@ -135,23 +138,43 @@ def test_a_browser_marks_an_answer_and_the_pdf_shows_it(tmp_path):
         comment.send_keys(Keys.BACKSPACE, Keys.BACKSPACE, Keys.ESCAPE)   # Esc leaves the box and saves
         wait.until(lambda b: "version 2" in b.find_element(By.ID, "mark-status").text)
 
-        body.send_keys("j")                                   # next answer
+        body.send_keys("j")                                   # next answer: bea, in ada's group
+        wait.until(lambda b: b.find_element(By.ID, "submission-name").text == "bea"
+                   and "largely" in b.find_element(By.ID, "answer-body").text)
+        assert "2 similar answers" in browser.find_element(By.ID, "group").text
+        assert browser.find_element(By.ID, "mark-points").text == "unmarked"
+        ActionChains(browser).key_down(Keys.SHIFT).send_keys("2").key_up(Keys.SHIFT).perform()   # item 2, whole group
+        wait.until(lambda b: "to 2 answers" in b.find_element(By.ID, "message").text)
+        assert browser.find_element(By.CSS_SELECTOR, "#rubric li[data-position='2'] .count").text == "2×"
+
+        body.send_keys("j")                                   # grace: another marker comments meanwhile
         wait.until(lambda b: b.find_element(By.ID, "submission-name").text == "grace")
         assert browser.find_element(By.ID, "mark-points").text == "unmarked"
-        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        MarkStore(out, CONFIG, "carol").set_mark("grace", QUESTION.id, comment="carol's comment", base_version=0)
+        body.send_keys("c")
+        browser.switch_to.active_element.send_keys("my late comment", Keys.ESCAPE)
+        wait.until(lambda b: "Not saved" in b.find_element(By.ID, "message").text)
+        assert "carol" in browser.find_element(By.ID, "message").text
+        assert browser.find_element(By.ID, "comment").get_attribute("value") == "carol's comment"
+        expected = "/api/mark - Failed to load resource: the server responded with a status of 409"
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE" and expected not in e["message"]]
         assert not errors, errors
     finally:
         browser.quit()
         app.send_signal(signal.SIGINT)
         app.wait(timeout=20)
 
-    mark = MarkStore(out, CONFIG, "reader").mark("ada", QUESTION.id)
-    assert mark is not None and mark.comment == COMMENT and mark.marker == "browser"
-    assert mark.points == first.points and len(mark.items) == 1
-    assert MarkStore(out, CONFIG, "reader").mark("grace", QUESTION.id) is None
+    store = MarkStore(out, CONFIG, "reader")
+    items = {item.position: item for item in store.rubric(QUESTION.id)}
+    ada, bea = store.mark("ada", QUESTION.id), store.mark("bea", QUESTION.id)
+    assert ada.comment == COMMENT and ada.marker == "browser"
+    assert ada.items == [items[1].id, items[2].id] and ada.points == items[1].points + items[2].points
+    assert bea.items == [items[2].id] and bea.comment == ""
+    assert store.mark("grace", QUESTION.id).comment == "carol's comment"   # not overwritten
+    assert store.mark("linus", QUESTION.id) is None
 
     subprocess.run([str(GRADER), "report", str(out)], check=True, capture_output=True, text=True)
     text = pdf_text(out / "ada" / "report.pdf")
-    assert first.text in text
+    assert items[1].text in text and items[2].text in text
     assert COMMENT in text
-    assert COMMENT not in pdf_text(out / "grace" / "report.pdf")
+    assert COMMENT not in pdf_text(out / "bea" / "report.pdf")

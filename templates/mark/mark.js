@@ -179,17 +179,20 @@
     if (!item) return;
     if (!(await saveMark(false))) return;
     const applied = !(mark && mark.items.includes(item.id));
+    const had = (i) => Boolean(data.answers[i].mark && data.answers[i].mark.items.includes(item.id));
     try {
       const reply = await api("POST", "/api/apply", { item: item.id, submissions, applied });
+      let delta = 0;
       reply.marks.forEach((m) => {
         const i = data.answers.findIndex((a) => a.submission === m.submission);
+        delta += Number(m.items.includes(item.id)) - Number(had(i));
         if (i === index) { showMark(m); return; }
         data.answers[i].mark = m;
         data.answers[i].state = m.stale ? "stale" : "marked";
         updateRow(i);
       });
       const count = document.querySelector(`#rubric li[data-item="${item.id}"] .count`);
-      if (count) count.textContent = `${Number.parseInt(count.textContent, 10) + (applied ? 1 : -1) * reply.marks.length}×`;
+      if (count) count.textContent = `${Number.parseInt(count.textContent, 10) + delta}×`;
       message(submissions.length > 1
         ? `${applied ? "Applied" : "Removed"} “${item.text}” ${applied ? "to" : "from"} ${submissions.length} answers of this group.`
         : "", "info");
