@@ -278,3 +278,21 @@ def test_the_landing_url_keeps_other_query_parameters(out):
     c = client(out, token_for_reads=True)
     landing = c.get(f"/q/{Q1.id}?s=echo&token={TOKEN}")
     assert urlsplit(landing.headers["location"]).query == "s=echo"
+
+
+def notebook(outputs: list[dict]) -> str:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("show_samples(ae, n=20)", outputs=[nbformat.from_dict(o) for o in outputs])]
+    return nbformat.writes(nb)
+
+
+def test_the_fragment_shows_saved_outputs_beside_the_rerun_and_says_they_differ(out):
+    stream = {"output_type": "stream", "name": "stdout"}
+    (out / "alpha" / "submitted.ipynb").write_text(notebook([{**stream, "text": "mean confidence 0.97\n"}]))
+    (out / "alpha" / "executed.ipynb").write_text(notebook([{**stream, "text": "mean confidence 0.41\n"}]))
+    evidence = client(out).get(f"/api/answer/{Q1.id}/alpha").json()["evidence_html"]
+    assert "show_samples(ae, n=20)" in evidence
+    assert "mean confidence 0.97" in evidence and "mean confidence 0.41" in evidence
+    assert "saved ≠ re-run" in evidence and "text differs" in evidence
