@@ -298,8 +298,12 @@ class MarkingApp:
         return rows
 
     def warm(self) -> None:
-        """Compute (and store) every question's answer groups now, so no marker waits for them
-        when opening a page."""
+        """Compute (and store) every question's answer groups now, and load the maths renderer
+        and the evidence code (about a second, cold), so no marker waits for them later."""
+        from . import evidence  # noqa: F401
+        from ..mathtext import tex_to_svg
+
+        tex_to_svg("x")
         for question in self.config.questions:
             self._groups(question.id)
 
