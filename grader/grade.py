@@ -9,9 +9,7 @@ result.json additionally by the config, so a rubric change re-scores without re-
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import re
 import sys
@@ -29,6 +27,7 @@ import torch
 from . import __version__, atomic, versioning
 from .config import AssignmentConfig, load_config
 from .errors import GraderError
+from .marking.store import DB_NAME, MarkStore
 from .probe import VALUES_FILE, WEIGHTS_FILE, KernelExport, ProbeData, ProbeInputs, export_code, load_export, probe_models
 from .records import Answer, ExecutionResult, SubmissionResult
 from .score import score_checks, totals
@@ -71,6 +70,7 @@ class GradingContext:
     log: Log = print
     _reference_probes: dict = field(default_factory=dict)
     _reference_figures: dict = field(default_factory=dict)
+    marks: MarkStore | None = None     # OUT's marking database: answers synced as they are graded
 
     @property
     def overrides(self) -> dict:
@@ -128,9 +128,10 @@ def prepare(options: GradeOptions, log: Log) -> GradingContext:
 
 # The grader's own files in OUT, next to the submissions' folders: no folder may take their names.
 GRADEBOOK_CSV = "gradebook.csv"
-CLASS_FILES = frozenset({GRADEBOOK_CSV, "summary.pdf", "summary.json", "summary_scores.png"})
+CLASS_FILES = frozenset({GRADEBOOK_CSV, "summary.pdf", "summary.json", "summary_scores.png",
+                         DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm"})   # DB_NAME: the marking database
 # A folder name ending like a file the grader writes (or may one day write) in OUT is reserved too.
-_FILE_LIKE = (".csv", ".json", ".pdf", ".png", ".html", ".txt", ".log", ".tmp", ".npz", ".ipynb")
+_FILE_LIKE = (".csv", ".json", ".pdf", ".png", ".html", ".txt", ".log", ".tmp", ".npz", ".ipynb", ".sqlite")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _HASHED = re.compile(r"-[0-9a-f]{12}$")   # what output_name appends: no plain name may end so
 MAX_NAME_CHARS = 80
@@ -390,37 +391,14 @@ def grade_one(ctx: GradingContext, notebook: Path, execution: ExecutionResult) -
         result.cache_key = key
         result.graded_at = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         atomic.write_text(out / "result.json", result.model_dump_json(indent=1))
-    if ctx.options.pdf and _report_is_stale(out):
-        from .report import render_report
+    from .report import report_is_current, submission_marking, write_report
 
-        render_report(result, out, ctx.config)
-        atomic.write_text(out / REPORT_STAMP, versioning.report_digest())
+    # The answers go into the marking database as they are graded (a regrade keeps the marks and
+    # flags those whose answer changed), and a marked answer's PDF shows its mark.
+    marking = submission_marking(ctx.marks, out.name, result) if ctx.marks is not None else None
+    if ctx.options.pdf and not report_is_current(out, marking):
+        write_report(result, out, ctx.config, marking)
     return result
-
-
-REPORT_STAMP = ".report-digest"
-
-
-def _report_is_stale(out: Path) -> bool:
-    """A PDF is redrawn when its result is newer or the templates / rendering code changed."""
-    pdf, stamp = out / "report.pdf", out / REPORT_STAMP
-    if not pdf.exists() or pdf.stat().st_mtime < (out / "result.json").stat().st_mtime:
-        return True
-    try:
-        return stamp.read_text() != versioning.report_digest()
-    except OSError:
-        return True
-
-
-def write_gradebook(path: Path, results: list[SubmissionResult], config: AssignmentConfig) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    check_ids = [c.id for c in config.checks]
-    writer.writerow(["submission", "status", "score", "max_score", *check_ids])
-    for r in sorted(results, key=lambda r: r.submission):
-        points = {c.id: (c.points if c.assessable else "n/a") for c in r.checks}
-        writer.writerow([r.submission, r.status, r.score, r.max_score, *(points.get(i, "") for i in check_ids)])
-    atomic.write_text(path, buffer.getvalue())
 
 
 def _crashed_result(notebook: Path, exc: BaseException) -> ExecutionResult:
@@ -436,7 +414,11 @@ def grade_submissions(
     options.out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     ctx = prepare(options, log)
+    from .report import class_marking, write_gradebook
+
+    ctx.marks = MarkStore(options.out_dir, ctx.config)
     results: list[SubmissionResult] = []
+    folders: list[tuple[str, SubmissionResult]] = []
     grader_failures: list[str] = []
     with ThreadPoolExecutor(max_workers=options.workers) as pool, tqdm(
         total=len(notebooks), desc="grading", unit="nb", file=sys.stderr
@@ -446,14 +428,16 @@ def grade_submissions(
             notebook = futures[future]
             result = _grade_safely(ctx, notebook, future, grader_failures, log)
             results.append(result)
+            folders.append((output_name(notebook), result))
             bar.set_postfix_str(f"{notebook.stem}: {result.status}")
             bar.update()
     results.sort(key=lambda r: r.submission)
-    write_gradebook(options.out_dir / GRADEBOOK_CSV, results, ctx.config)
+    marking = class_marking(ctx.marks, folders)   # every answer synced, failed evaluations too
+    write_gradebook(options.out_dir / GRADEBOOK_CSV, results, ctx.config, marking)
     if options.pdf:
         from .report import render_summary
 
-        render_summary(results, options.out_dir, ctx.config)
+        render_summary(results, options.out_dir, ctx.config, marking)
     if print_table:
         print_summary(results, ctx, time.monotonic() - started)
     if grader_failures and len(grader_failures) == len(notebooks):

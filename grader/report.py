@@ -1,8 +1,10 @@
 """PDF feedback: one report per submission and a class summary, from the result records alone.
 
 A report is HTML from a Jinja2 template (templates/), printed to PDF by WeasyPrint. Everything is
-rebuilt from SubmissionResult and the PNGs next to result.json, so `rerender` can remake every
-PDF after a template change without running a notebook again.
+rebuilt from SubmissionResult and the PNGs next to result.json, and staff's marks from the marking
+database (OUT/marks.sqlite) where there is one, so `rerender` can remake every PDF after a template
+change or a mark without running a notebook again. gradebook.csv is written here too (one writer
+for `grader grade` and `grader report`).
 
 Safety: the student's text is the only untrusted input. It is rendered as escaped text or as
 whitelisted HTML (grader.mathtext), and WeasyPrint gets a URL fetcher that serves `data:` URLs
@@ -11,6 +13,7 @@ href="file:///...">` would otherwise embed that file in the PDF).
 
 Reproducibility: figures are embedded as data: URIs, dates come from the record (graded_at),
 never from the clock, and WeasyPrint writes no creation date: the same record gives the same bytes.
+Marks are shown without their times (who marked, not when), so the same marks give the same bytes.
 """
 
 from __future__ import annotations
@@ -24,23 +27,29 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterable
 
+import csv
+import hashlib
+import io
+
 import jinja2
 from markupsafe import Markup
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from weasyprint import HTML, URLFetcher
 
-from . import __version__, atomic
+from . import __version__, atomic, versioning
 from .config import AssignmentConfig, load_config
 from .errors import GraderError
 from .figures import score_histogram_png
 from .mathtext import markdown_to_html
 from .paths import TEMPLATES_DIR
-from .records import CellRun, CheckResult, ModelFigures, SubmissionResult
+from .records import CellRun, CheckResult, FinalGrade, ModelFigures, RubricItem, SubmissionResult
 
 REPORT_TEMPLATE = "report.html.j2"
 SUMMARY_TEMPLATE = "summary.html.j2"
 STYLESHEET = "report.css"
 REPORT_PDF = "report.pdf"
+REPORT_STAMP = ".report-digest"   # what the PDF was drawn from (report_stamp)
+GRADEBOOK_CSV = "gradebook.csv"   # = grade.GRADEBOOK_CSV (grade imports torch; this module must not)
 RESULT_JSON = "result.json"
 SUMMARY_PDF = "summary.pdf"
 SUMMARY_JSON = "summary.json"
@@ -418,6 +427,172 @@ def cell_rows(result: SubmissionResult) -> list[dict]:
     return [_cell_item(c) for c in result.cells[:MAX_CELLS]]
 
 
+# --- staff's marks ---------------------------------------------------------------------------
+#
+# Where the marking database (OUT/marks.sqlite, grader.marking.store) has marks, a report shows
+# them: per question the points, the rubric items applied, the adjustment, the comment and who
+# marked; and the total. A report is "final" only when every question is marked and no mark is
+# stale (its answer changed after it was marked: a regrade of a new notebook). A stale mark is
+# still shown to the student, with a note that staff will look at it again and that the total
+# is not final; staff see the stale marks listed in the summary (summary.pdf / summary.json) and
+# under "Notes for the course staff" in the report. A submission without any mark gets the
+# report it got before marking existed (written answers pending), byte for byte.
+
+
+class AppliedItem(BaseModel):
+    text: str
+    points: float
+
+
+class QuestionMarking(BaseModel):
+    """One question's mark as the report shows it."""
+
+    question: str
+    marked: bool
+    points: float = 0.0
+    max_points: float = 0.0                 # of a marked question (an unmarked one's is in its Answer)
+    items: list[AppliedItem] = []
+    adjustment: float = 0.0
+    comment: str = ""
+    marker: str = ""
+    stale: bool = False
+
+
+class ReportMarking(BaseModel):
+    """Staff's marks of one submission, with the rubric texts: what its report says of them.
+    Its JSON is part of the report's stamp, so a changed mark redraws the PDF."""
+
+    questions: dict[str, QuestionMarking]
+    auto_points: float
+    auto_max: float
+    written_points: float
+    written_max: float
+    total: float
+    total_max: float
+    unmarked: list[str] = []
+    unmarked_max: float = 0.0               # the points of the questions still to be marked
+    stale: list[str] = []
+
+    @property
+    def final(self) -> bool:
+        return not self.unmarked and not self.stale
+
+
+class ClassMarking(BaseModel):
+    """Every submission's final grade and the rubric items they refer to: one consistent read of
+    the marking database, shared by the reports, the gradebook and the summary."""
+
+    finals: dict[str, FinalGrade]           # by submission
+    items: dict[int, RubricItem] = {}       # every rubric item (not deleted), by id
+
+    def of(self, submission: str) -> ReportMarking | None:
+        final = self.finals.get(submission)
+        return report_marking(final, self.items) if final is not None else None
+
+
+def rubric_items(store) -> dict[int, RubricItem]:
+    """Every rubric item of the store's questions, by id."""
+    return {item.id: item for q in store.config.questions for item in store.rubric(q.id)}
+
+
+def report_marking(final: FinalGrade, items: dict[int, RubricItem]) -> ReportMarking | None:
+    """The marks of final as its report shows them; None while none of its answers is marked."""
+    if all(mark is None for mark in final.written.values()):
+        return None
+    questions = {}
+    for question, mark in final.written.items():
+        if mark is None:
+            questions[question] = QuestionMarking(question=question, marked=False)
+            continue
+        questions[question] = QuestionMarking(
+            question=question, marked=True, points=mark.points, max_points=mark.max_points,
+            items=[AppliedItem(text=items[i].text, points=items[i].points) for i in mark.items if i in items],
+            adjustment=mark.adjustment, comment=mark.comment, marker=mark.marker, stale=mark.stale)
+    return ReportMarking(
+        questions=questions, auto_points=final.auto_points, auto_max=final.auto_max,
+        written_points=round(final.written_points, 6), written_max=final.written_max,
+        total=round(final.total, 6), total_max=final.total_max, unmarked=final.unmarked, stale=final.stale,
+        unmarked_max=round(final.written_max - sum(q.max_points for q in questions.values() if q.marked), 6))
+
+
+def class_marking(store, results: list[tuple[str, SubmissionResult]]) -> ClassMarking:
+    """Sync the results' answers into the store (a changed answer's mark turns stale), then read
+    every final grade and the rubric."""
+    from .marking.final import final_grades
+
+    finals = final_grades(store, results)
+    return ClassMarking(finals={f.submission: f for f in finals}, items=rubric_items(store))
+
+
+def submission_marking(store, folder: str, result: SubmissionResult) -> ReportMarking | None:
+    """One submission's marking, its answers synced first: what `grader grade` draws its PDF
+    with, as each notebook is graded."""
+    from .marking.final import final_grade
+
+    store.sync_answers([(folder, result)])
+    marks = {}
+    for question in store.config.questions:
+        mark = store.mark(result.submission, question.id)
+        if mark is not None:
+            marks[question.id] = {result.submission: mark}
+    return report_marking(final_grade(result, marks, store.config), rubric_items(store))
+
+
+def _signed(value: float) -> str:
+    return ("+" if value > 0 else "−" if value < 0 else "±") + fmt_points(abs(value))
+
+
+def marking_items(result: SubmissionResult, marking: ReportMarking | None) -> dict[str, dict]:
+    """Per question id, what the answer's section says of its mark (empty without marking)."""
+    if marking is None:
+        return {}
+    items = {}
+    for question, mark in marking.questions.items():
+        items[question] = {
+            "marked": mark.marked, "points": fmt_points(mark.points), "max": fmt_points(mark.max_points),
+            "applied": [{"text": i.text, "points": _signed(i.points)} for i in mark.items],
+            "adjustment": _signed(mark.adjustment) if mark.adjustment else "",
+            "comment": mark.comment.strip(), "marker": mark.marker, "stale": mark.stale,
+        }
+    return items
+
+
+def marking_staff_notes(marking: ReportMarking | None) -> list[str]:
+    if marking is None:
+        return []
+    return [f"Marking: the answer to {q} changed after {marking.questions[q].marker or 'staff'} marked it; "
+            f"look at it again (the mark still counts)" for q in marking.stale]
+
+
+def report_stamp(marking: ReportMarking | None) -> str:
+    """What a PDF was drawn from besides its result.json: the rendering code and the marks."""
+    if marking is None:
+        return versioning.report_digest()
+    marks = hashlib.sha256(marking.model_dump_json().encode()).hexdigest()
+    return f"{versioning.report_digest()}+marks:{marks}"
+
+
+def report_is_current(out_dir: Path, marking: ReportMarking | None) -> bool:
+    """A PDF is current when it is newer than its result.json and was drawn by this rendering
+    code from these marks."""
+    pdf, stamp = Path(out_dir) / REPORT_PDF, Path(out_dir) / REPORT_STAMP
+    try:
+        if pdf.stat().st_mtime < (Path(out_dir) / RESULT_JSON).stat().st_mtime:
+            return False
+        return stamp.read_text() == report_stamp(marking)
+    except OSError:
+        return False
+
+
+def write_report(
+    result: SubmissionResult, out_dir: Path, config: AssignmentConfig, marking: ReportMarking | None = None
+) -> Path:
+    """render_report, then the stamp that says what it was drawn from."""
+    pdf = render_report(result, out_dir, config, marking)
+    atomic.write_text(Path(out_dir) / REPORT_STAMP, report_stamp(marking))
+    return pdf
+
+
 # --- HTML and PDF --------------------------------------------------------------------------------
 
 
@@ -438,9 +613,11 @@ def _stylesheet() -> Markup:
 
 
 def build_report_html(
-    result: SubmissionResult, out_dir: Path | None = None, config: AssignmentConfig | None = None
+    result: SubmissionResult, out_dir: Path | None = None, config: AssignmentConfig | None = None,
+    marking: ReportMarking | None = None,
 ) -> str:
-    """The report as one self-contained HTML string (figures from out_dir as data: URIs)."""
+    """The report as one self-contained HTML string (figures from out_dir as data: URIs), with
+    staff's marks when there are any."""
     config = config or load_config()
     parameters = parameter_rows(result, config)
     context = {
@@ -462,7 +639,9 @@ def build_report_html(
         "answers": answer_items(result, config),
         "failure": failure_section(result),
         "cells": cell_rows(result),
-        "staff_notes": staff_notes(result),
+        "staff_notes": staff_notes(result) + marking_staff_notes(marking),
+        "marking": marking,
+        "marks": marking_items(result, marking),
         "cells_left_out": max(len(result.cells) - MAX_CELLS, 0),
     }
     return _environment().get_template(REPORT_TEMPLATE).render(context)
@@ -478,10 +657,13 @@ def html_to_pdf(html: str, path: Path) -> Path:
         raise ReportError(f"{path}: cannot write the PDF ({exc.strerror})") from exc
 
 
-def render_report(result: SubmissionResult, out_dir: Path, config: AssignmentConfig | None = None) -> Path:
+def render_report(
+    result: SubmissionResult, out_dir: Path, config: AssignmentConfig | None = None,
+    marking: ReportMarking | None = None,
+) -> Path:
     """Write out_dir/report.pdf for one submission; figures are read from out_dir."""
     out_dir = Path(out_dir)
-    return html_to_pdf(build_report_html(result, out_dir, config), out_dir / REPORT_PDF)
+    return html_to_pdf(build_report_html(result, out_dir, config, marking), out_dir / REPORT_PDF)
 
 
 # --- the class summary -------------------------------------------------------------------------
@@ -492,8 +674,50 @@ def _mean(values: Iterable[float]) -> float | None:
     return round(statistics.fmean(values), 3) if values else None
 
 
-def build_summary(results: list[SubmissionResult], config: AssignmentConfig) -> dict:
-    """The numbers of summary.json: statuses, score spread, per-check and per-question counts."""
+TOP_ITEMS = 5   # rubric items listed per question in the summary
+
+
+def _spread(values: list[float]) -> dict:
+    if not values:
+        return {"mean": None, "std": None, "min": None, "max": None}
+    return {"mean": round(statistics.fmean(values), 3), "std": round(statistics.pstdev(values), 3),
+            "min": min(values), "max": max(values)}
+
+
+def marking_summary(results: list[SubmissionResult], config: AssignmentConfig, marking: ClassMarking) -> dict:
+    """summary.json's "marking": per question how many answers are marked, the spread of their
+    staff points (population standard deviation), the rubric items applied most, the stale marks;
+    per submission its written points and total."""
+    finals = [marking.finals[r.submission] for r in results if r.submission in marking.finals]
+    questions = []
+    for question in config.questions:
+        marks = [f.written[question.id] for f in finals if f.written.get(question.id) is not None]
+        counts: dict[int, int] = {}
+        for mark in marks:
+            for item in mark.items:
+                counts[item] = counts.get(item, 0) + 1
+        top = sorted((i for i in counts if i in marking.items), key=lambda i: (-counts[i], marking.items[i].position, i))
+        questions.append({
+            "id": question.id, "max_points": question.points, "marked": len(marks),
+            "unmarked": len(finals) - len(marks), "stale": sum(1 for m in marks if m.stale),
+            "points": _spread([m.points for m in marks]),
+            "top_items": [{"text": marking.items[i].text, "points": marking.items[i].points, "count": counts[i]}
+                          for i in top[:TOP_ITEMS]],
+        })
+    return {
+        "complete": sum(1 for f in finals if f.complete),
+        "questions": questions,
+        "stale": [{"submission": f.submission, "question": q} for f in finals for q in f.stale],
+        "list": [{"submission": f.submission, "written": round(f.written_points, 6), "total": round(f.total, 6),
+                  "total_max": f.total_max, "unmarked": f.unmarked, "stale": f.stale} for f in finals],
+    }
+
+
+def build_summary(
+    results: list[SubmissionResult], config: AssignmentConfig, marking: ClassMarking | None = None
+) -> dict:
+    """The numbers of summary.json: statuses, score spread, per-check and per-question counts,
+    and, once staff mark (a marking database in OUT), the marks' statistics under "marking"."""
     results = sorted(results, key=lambda r: r.submission)
     statuses = {status: 0 for status in STATUS_TEXT}
     for result in results:
@@ -549,6 +773,7 @@ def build_summary(results: list[SubmissionResult], config: AssignmentConfig) -> 
         "checks": checks,
         "questions": questions,
         "reduced_parameters": reduced,
+        "marking": marking_summary(results, config, marking) if marking is not None else None,
         "list": [
             {"submission": r.submission, "status": r.status, "score": r.score, "max_score": r.max_score,
              "answer_points_pending": r.answer_points_pending, "answers_found":
@@ -566,17 +791,19 @@ def build_summary_html(summary: dict, histogram: Path | None, graded_at: str) ->
         "graded_at": graded_at,
         "grader_version": __version__,
         "status_label": STATUS_LABEL,
+        "written_by": {row["submission"]: row for row in (summary.get("marking") or {}).get("list", [])},
     }
     return _environment().get_template(SUMMARY_TEMPLATE).render(context)
 
 
 def render_summary(
-    results: list[SubmissionResult], out_dir: Path, config: AssignmentConfig | None = None
+    results: list[SubmissionResult], out_dir: Path, config: AssignmentConfig | None = None,
+    marking: ClassMarking | None = None,
 ) -> tuple[Path, Path]:
     """Write out_dir/summary.pdf and out_dir/summary.json for the whole class."""
     config = config or load_config()
     out_dir = Path(out_dir)
-    summary = build_summary(results, config)
+    summary = build_summary(results, config, marking)
     histogram = None
     if results:
         histogram = score_histogram_png(out_dir / SUMMARY_HISTOGRAM, [r.score for r in results],
@@ -600,8 +827,55 @@ def load_result(path: Path) -> SubmissionResult:
         raise ReportError(f"{path}: not a valid result record: {where}: {first['msg']}") from exc
 
 
+def _gradebook_marking(final: FinalGrade) -> str:
+    """The gradebook's marking column: complete, or what is still open."""
+    parts = []
+    if final.unmarked:
+        parts.append("unmarked: " + ", ".join(final.unmarked))
+    if final.stale:
+        parts.append("stale: " + ", ".join(final.stale))
+    return "; ".join(parts) or "complete"
+
+
+def write_gradebook(
+    path: Path, results: list[SubmissionResult], config: AssignmentConfig, marking: ClassMarking | None = None
+) -> Path:
+    """OUT/gradebook.csv, written by `grader grade` and `grader report` alike: per submission its
+    status, automatic points and points per check, then staff's points per question (empty while
+    unmarked), the written points, the total (automatic + written) of total_max, and the marking
+    state ("complete", or "unmarked: Q2, Q4", with "; stale: Q3" for marks whose answer changed)."""
+    from .marking.final import final_grade
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    check_ids = [c.id for c in config.checks]
+    question_ids = [q.id for q in config.questions]
+    writer.writerow(["submission", "status", "score", "max_score", *check_ids,
+                     *question_ids, "written", "total", "total_max", "marking"])
+    for r in sorted(results, key=lambda r: r.submission):
+        points = {c.id: (c.points if c.assessable else "n/a") for c in r.checks}
+        final = (marking.finals.get(r.submission) if marking else None) or final_grade(r, {}, config)
+        written = {q: ("" if m is None else m.points) for q, m in final.written.items()}
+        writer.writerow([r.submission, r.status, r.score, r.max_score, *(points.get(i, "") for i in check_ids),
+                         *(written.get(q, "") for q in question_ids), round(final.written_points, 6),
+                         round(final.total, 6), final.total_max, _gradebook_marking(final)])
+    atomic.write_text(path, buffer.getvalue())
+    return Path(path)
+
+
+def existing_marking(out_dir: Path, config: AssignmentConfig, results: list[tuple[str, SubmissionResult]]) -> ClassMarking | None:
+    """OUT's marks with the results' answers synced in; None when OUT has no marking database
+    (graded before marking existed: its reports stay as they were)."""
+    from .marking.store import DB_NAME, MarkStore
+
+    if not (Path(out_dir) / DB_NAME).exists():
+        return None
+    return class_marking(MarkStore(out_dir, config), results)
+
+
 def rerender(out_dir: Path, config: AssignmentConfig | None = None) -> list[Path]:
-    """Rebuild OUT/<id>/report.pdf from each OUT/<id>/result.json, then the class summary.
+    """Rebuild OUT/<id>/report.pdf from each OUT/<id>/result.json and staff's marks (the marking
+    database, synced first), then the class summary and gradebook.csv.
 
     A result.json that cannot be read is skipped and named in the ReportError raised at the
     end, after every readable one has been rendered.
@@ -611,22 +885,27 @@ def rerender(out_dir: Path, config: AssignmentConfig | None = None) -> list[Path
     result_files = sorted(out_dir.glob(f"*/{RESULT_JSON}"))
     if not result_files:
         raise ReportError(f"{out_dir}: no */{RESULT_JSON} to render")
-    results, written, problems = [], [], []
+    loaded, problems = [], []
     for result_file in result_files:
         try:
-            result = load_result(result_file)
+            loaded.append((result_file.parent.name, load_result(result_file)))
         except ReportError as exc:
             problems.append(str(exc))
-            continue
-        written.append(render_report(result, result_file.parent, config))
-        results.append(result)
-    written.extend(render_summary(results, out_dir, config))
+    marking = existing_marking(out_dir, config, loaded)
+    written = []
+    for folder, result in loaded:
+        written.append(write_report(result, out_dir / folder, config,
+                                    marking.of(result.submission) if marking else None))
+    results = [result for _, result in loaded]
+    written.extend(render_summary(results, out_dir, config, marking))
+    write_gradebook(out_dir / GRADEBOOK_CSV, results, config, marking)
     if problems:
         raise ReportError("some results could not be rendered:\n  " + "\n  ".join(problems))
     return written
 
 
 __all__ = [
-    "DataOnlyFetcher", "ReportError", "build_report_html", "build_summary",
-    "html_to_pdf", "render_report", "render_summary", "rerender",
+    "ClassMarking", "DataOnlyFetcher", "ReportError", "ReportMarking", "build_report_html", "build_summary",
+    "class_marking", "html_to_pdf", "render_report", "render_summary", "rerender", "submission_marking",
+    "write_gradebook", "write_report",
 ]

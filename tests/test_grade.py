@@ -65,7 +65,10 @@ def test_every_submission_gets_a_row_and_its_status(graded, folder):
     with open(out / "gradebook.csv") as handle:
         rows = list(csv.reader(handle))
     assert rows[0][:4] == ["submission", "status", "score", "max_score"]
-    assert rows[0][4:] == [c.id for c in CONFIG.checks]
+    checks, questions = [c.id for c in CONFIG.checks], [q.id for q in CONFIG.questions]
+    assert rows[0][4:] == [*checks, *questions, "written", "total", "total_max", "marking"]
+    assert {r[-1] for r in rows[1:]} == {"unmarked: " + ", ".join(questions)}
+    assert (out / "marks.sqlite").is_file()   # the answers are in the marking database
     assert sorted(r[0] for r in rows[1:]) == ["correct", "dies", "garbage", "raises"]
     for name in results:
         assert (out / name / "report.pdf").stat().st_size > 1000
@@ -207,3 +210,31 @@ def test_a_grader_failure_on_one_notebook_never_stops_the_batch(tmp_path, monkey
     monkeypatch.setattr(grade_module, "evaluate", lambda *a: (_ for _ in ()).throw(RuntimeError("broken")))
     with pytest.raises(GraderError, match="could not grade any notebook"):
         grade(folder, tmp_path / "out2")
+
+
+def test_a_regrade_keeps_the_marks_shows_them_and_flags_a_changed_answer(tmp_path):
+    from grader.marking.store import MarkStore
+    from test_report import pdf_text
+
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    notebook = tiny_notebook("x = 1")
+    nbformat.write(notebook, folder / "tiny.ipynb")
+    grade(folder, out)
+    store = MarkStore(out, CONFIG, marker="mia")
+    q1_item = store.rubric("Q1")[0]
+    store.apply_item(q1_item.id, ["tiny"])
+    store.set_mark("tiny", "Q2", comment="No answer found; asked the student.")
+    grade(folder, out)                                      # nothing changed: the PDF gains the marks
+    text = pdf_text(out / "tiny" / "report.pdf")
+    assert q1_item.text in text and "No answer found; asked the student." in text
+    notebook.cells[-1].source = notebook.cells[-1].source.replace("far from the data", "somewhere else")
+    nbformat.write(notebook, folder / "tiny.ipynb")
+    grade(folder, out)                                      # a new notebook: Q1's answer changed
+    q1, q2 = store.mark("tiny", "Q1"), store.mark("tiny", "Q2")
+    assert q1 is not None and q1.stale and q1.items == [q1_item.id]   # kept, flagged
+    assert q2 is not None and not q2.stale
+    with open(out / "gradebook.csv") as handle:
+        row = next(csv.DictReader(handle))
+    assert row["Q1"] == str(q1.points) and row["marking"] == "unmarked: Q3, Q4, Q5; stale: Q1"
+    assert "Your answer to Q1 changed after it was marked" in pdf_text(out / "tiny" / "report.pdf")
