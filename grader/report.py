@@ -510,7 +510,7 @@ def report_marking(final: FinalGrade, items: dict[int, RubricItem]) -> ReportMar
             adjustment=mark.adjustment, comment=mark.comment, marker=mark.marker, stale=mark.stale)
     return ReportMarking(
         questions=questions, auto_points=final.auto_points, auto_max=final.auto_max,
-        written_points=round(final.written_points, 6), written_max=final.written_max,
+        written_points=round(float(final.written_points), 6), written_max=final.written_max,
         total=round(final.total, 6), total_max=final.total_max, unmarked=final.unmarked, stale=final.stale,
         unmarked_max=round(final.written_max - sum(q.max_points for q in questions.values() if q.marked), 6))
 
@@ -708,7 +708,7 @@ def marking_summary(results: list[SubmissionResult], config: AssignmentConfig, m
         "complete": sum(1 for f in finals if f.complete),
         "questions": questions,
         "stale": [{"submission": f.submission, "question": q} for f in finals for q in f.stale],
-        "list": [{"submission": f.submission, "written": round(f.written_points, 6), "total": round(f.total, 6),
+        "list": [{"submission": f.submission, "written": round(float(f.written_points), 6), "total": round(f.total, 6),
                   "total_max": f.total_max, "unmarked": f.unmarked, "stale": f.stale} for f in finals],
     }
 
@@ -857,7 +857,7 @@ def write_gradebook(
         final = (marking.finals.get(r.submission) if marking else None) or final_grade(r, {}, config)
         written = {q: ("" if m is None else m.points) for q, m in final.written.items()}
         writer.writerow([r.submission, r.status, r.score, r.max_score, *(points.get(i, "") for i in check_ids),
-                         *(written.get(q, "") for q in question_ids), round(final.written_points, 6),
+                         *(written.get(q, "") for q in question_ids), round(float(final.written_points), 6),
                          round(final.total, 6), final.total_max, _gradebook_marking(final)])
     atomic.write_text(path, buffer.getvalue())
     return Path(path)
