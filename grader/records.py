@@ -182,3 +182,13 @@ class FinalGrade(BaseModel):
     @property
     def complete(self) -> bool:
         return not self.unmarked
+
+    @property
+    def marking_status(self) -> str:
+        """complete, or what is still open: "unmarked: Q2, Q4; stale: Q3"."""
+        parts = []
+        if self.unmarked:
+            parts.append("unmarked: " + ", ".join(self.unmarked))
+        if self.stale:
+            parts.append("stale: " + ", ".join(self.stale))
+        return "; ".join(parts) or "complete"

@@ -827,16 +827,6 @@ def load_result(path: Path) -> SubmissionResult:
         raise ReportError(f"{path}: not a valid result record: {where}: {first['msg']}") from exc
 
 
-def _gradebook_marking(final: FinalGrade) -> str:
-    """The gradebook's marking column: complete, or what is still open."""
-    parts = []
-    if final.unmarked:
-        parts.append("unmarked: " + ", ".join(final.unmarked))
-    if final.stale:
-        parts.append("stale: " + ", ".join(final.stale))
-    return "; ".join(parts) or "complete"
-
-
 def write_gradebook(
     path: Path, results: list[SubmissionResult], config: AssignmentConfig, marking: ClassMarking | None = None
 ) -> Path:
@@ -858,7 +848,7 @@ def write_gradebook(
         written = {q: ("" if m is None else m.points) for q, m in final.written.items()}
         writer.writerow([r.submission, r.status, r.score, r.max_score, *(points.get(i, "") for i in check_ids),
                          *(written.get(q, "") for q in question_ids), round(float(final.written_points), 6),
-                         round(final.total, 6), final.total_max, _gradebook_marking(final)])
+                         round(final.total, 6), final.total_max, final.marking_status])
     atomic.write_text(path, buffer.getvalue())
     return Path(path)
 

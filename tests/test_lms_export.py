@@ -91,7 +91,7 @@ def test_csv_totals_are_auto_plus_written_and_unmarked_is_warned(out, tmp_path):
     assert float(alice["total"]) == AUTO["alice"] + written and alice["marking"] == "complete"
     assert [alice[q] for q in QUESTIONS] == ["1"] * len(QUESTIONS) and float(alice["max_points"]) == TOTAL_MAX
     assert bob[QUESTIONS[0]] == "0.5" and bob[QUESTIONS[1]] == "" and float(bob["total"]) == 13.0
-    assert bob["marking"] == "unmarked: " + " ".join(QUESTIONS[1:])
+    assert bob["marking"] == "unmarked: " + ", ".join(QUESTIONS[1:])
     assert by["carol"]["grader_status"] == "error"
     warning = next(line for line in log if "marking unfinished" in line)
     assert f"3 of 4 submission(s)" in warning and f"{QUESTIONS[0]}: 2" in warning and f"{QUESTIONS[1]}: 3" in warning

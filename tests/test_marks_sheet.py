@@ -17,6 +17,7 @@ from grader.marking.final import load_results
 from grader.marking.sheet import SheetError, export_sheet, guard_cell, import_sheet, unguard_cell
 from grader.marking.store import MarkChange, MarkConflict, MarkStore
 from grader.records import Answer, SubmissionResult
+from tests.test_marks_store import table_dump
 
 CONFIG = load_config()
 QUESTION = CONFIG.questions[1]          # three +1 items in the reference config
@@ -54,14 +55,6 @@ def store_of(out: Path, marker: str = "alice_ta") -> MarkStore:
     store.sync_answers(load_results(out)[0])
     return store
 
-
-def table_dump(path: Path) -> dict[str, list[tuple]]:
-    db = sqlite3.connect(path)
-    try:
-        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        return {t: sorted(db.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
-    finally:
-        db.close()
 
 
 def read_sheet(path: Path) -> tuple[list[str], list[dict[str, str]]]:

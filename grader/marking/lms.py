@@ -175,15 +175,6 @@ def match_roster(students: list[Student], grades: list[FinalGrade]) -> Matching:
 # --- the formats --------------------------------------------------------------------------------
 
 
-def marking_status(grade: FinalGrade) -> str:
-    parts = []
-    if grade.unmarked:
-        parts.append("unmarked: " + " ".join(grade.unmarked))
-    if grade.stale:
-        parts.append("stale: " + " ".join(grade.stale))
-    return "; ".join(parts) or "complete"
-
-
 def roster_columns(students: list[Student]) -> list[str]:
     """The roster's id columns that hold anything, in ROSTER_COLUMNS' order."""
     return [c for c in ROSTER_COLUMNS if c != "submission" and any(s.ids.get(c) for s in students)]
@@ -205,7 +196,7 @@ def csv_rows(config: AssignmentConfig, grades: list[FinalGrade], matching: Match
         marks = [format_number(grade.written[q].points) if grade.written.get(q) else "" for q in questions]
         rows.append([guard_cell(grade.submission), *ids, grade.status, format_number(grade.auto_points), *marks,
                      format_number(grade.written_points), format_number(grade.total),
-                     format_number(grade.total_max), marking_status(grade)])
+                     format_number(grade.total_max), grade.marking_status])
     for student in (matching.absent if matching else []):
         ids = [guard_cell(student.ids.get(c, "")) for c in id_columns]
         rows.append([guard_cell(student.submission), *ids, "", "", *[""] * len(questions), "", "", "", "no submission"])
