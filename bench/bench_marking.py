@@ -33,11 +33,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-import nbformat  # noqa: E402
+import nbformat
 
-from grader.answers import count_words, extract_answers  # noqa: E402
-from grader.config import AssignmentConfig, load_config  # noqa: E402
-from grader.records import Answer  # noqa: E402
+from grader.answers import count_words, extract_answers
+from grader.config import AssignmentConfig, load_config
+from grader.records import Answer
 
 SEEDS_DIR = Path("/work/shared/seeds")
 SUBMISSIONS_DIR = REPO / "submissions"

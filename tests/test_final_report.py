@@ -9,11 +9,17 @@ import json
 from pathlib import Path
 
 import pytest
+from test_report import CONFIG, failed_result, graded_result, invalid_result, pdf_text
 
 from grader.marking.final import load_results
 from grader.marking.store import DB_NAME, MarkStore
-from grader.report import REPORT_PDF, class_marking, report_is_current, rerender, submission_marking
-from test_report import CONFIG, failed_result, graded_result, invalid_result, pdf_text
+from grader.report import (
+    REPORT_PDF,
+    class_marking,
+    report_is_current,
+    rerender,
+    submission_marking,
+)
 
 QUESTIONS = [q.id for q in CONFIG.questions]
 COMMENT = "Good start.\nBut <b>explain</b> why & how — in one line."

@@ -4,7 +4,6 @@ roster mismatches listed; unfinished marking warned about; bad rosters named; th
 from __future__ import annotations
 
 import csv
-import io
 from pathlib import Path
 
 import pytest
@@ -94,7 +93,7 @@ def test_csv_totals_are_auto_plus_written_and_unmarked_is_warned(out, tmp_path):
     assert bob["marking"] == "unmarked: " + ", ".join(QUESTIONS[1:])
     assert by["carol"]["grader_status"] == "error"
     warning = next(line for line in log if "marking unfinished" in line)
-    assert f"3 of 4 submission(s)" in warning and f"{QUESTIONS[0]}: 2" in warning and f"{QUESTIONS[1]}: 3" in warning
+    assert "3 of 4 submission(s)" in warning and f"{QUESTIONS[0]}: 2" in warning and f"{QUESTIONS[1]}: 3" in warning
     notes = (out / "grades-csv-notes.txt").read_text()
     assert warning in notes and "carol (error)" in notes
 

@@ -13,7 +13,13 @@ from typer.testing import CliRunner
 from grader.cli import app
 from grader.config import load_config
 from grader.marking.final import load_results
-from grader.marking.sheet import SheetError, export_sheet, guard_cell, import_sheet, unguard_cell
+from grader.marking.sheet import (
+    SheetError,
+    export_sheet,
+    guard_cell,
+    import_sheet,
+    unguard_cell,
+)
 from grader.marking.store import MarkChange, MarkConflict, MarkStore
 from grader.records import Answer, SubmissionResult
 from tests.test_marks_store import table_dump

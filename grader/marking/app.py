@@ -30,8 +30,8 @@ import html
 import ipaddress
 import secrets
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlencode, urlsplit
 
 import jinja2
@@ -300,8 +300,8 @@ class MarkingApp:
     def warm(self) -> None:
         """Compute (and store) every question's answer groups now, and load the maths renderer
         and the evidence code (about a second, cold), so no marker waits for them later."""
-        from . import evidence  # noqa: F401
         from ..mathtext import tex_to_svg
+        from . import evidence  # noqa: F401
 
         tex_to_svg("x")
         for question in self.config.questions:

@@ -32,7 +32,14 @@ from ..config import AssignmentConfig, Question
 from ..execute import EXECUTED_NOTEBOOK, SUBMISSION_COPY
 from ..inject import INJECTED_TAG
 from ..records import ModelFigures, SubmissionResult
-from ..report import QUANTITIES, ROLE_LABELS, figure_caption, fmt_number, png_data_uri, strip_ansi
+from ..report import (
+    QUANTITIES,
+    ROLE_LABELS,
+    figure_caption,
+    fmt_number,
+    png_data_uri,
+    strip_ansi,
+)
 
 MAX_TEXT_CHARS = 4_000            # one text item as shown (head and tail kept: a log's end says most)
 MAX_COMPARED_CHARS = 200_000      # the text of one cell that the comparison reads

@@ -41,9 +41,9 @@ import io
 import math
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from .. import atomic
 from ..config import AssignmentConfig, Question

@@ -24,11 +24,11 @@ import getpass
 import hashlib
 import json
 import sqlite3
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from ..config import AssignmentConfig, Question
 from ..errors import GraderError
@@ -107,7 +107,7 @@ class SyncReport:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def default_marker() -> str:
