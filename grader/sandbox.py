@@ -52,6 +52,7 @@ from jupyter_client import AsyncKernelManager
 from jupyter_client.kernelspec import KernelSpec
 
 from .config import Limits
+from .devices import DEV_DIR, DevicesError, Slot, device_binds, device_warnings, host_driver_library_dirs
 from .errors import GraderError
 
 # Dedicated sandbox uids: above the usual human and system ranges (and below the ranges container
@@ -580,6 +581,13 @@ def reap_stale_dirs() -> list[str]:
 # --- the sandbox -------------------------------------------------------------------------------
 
 
+@functools.cache
+def _driver_dirs() -> list[str]:
+    """The NVIDIA driver's library directories that the system and Python binds leave out
+    (libcuda is usually in /usr/lib*, bound already)."""
+    return host_driver_library_dirs([*SYSTEM_DIRS, *_python_dirs()])
+
+
 def _python_dirs() -> list[str]:
     """The Python installation(s) the kernel runs from (a venv and the interpreter it points to)."""
     candidates = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix}
@@ -617,9 +625,14 @@ class Sandbox:
 
     The data directory appears read-only at `data_path` (scratch/data); the kernel works in the
     scratch directory, which is its HOME and the only place it can write (besides a private /tmp).
+
+    slot: the worker slot the kernel runs on (grader/devices.py). A GPU slot's kernel gets that
+    device's nodes alone (dev_dir: where the host's are) and CUDA_VISIBLE_DEVICES naming it; a CPU
+    slot's (and no slot's) kernel gets no GPU node and an empty CUDA_VISIBLE_DEVICES.
     """
 
-    def __init__(self, scratch_dir: Path, data_dir: Path, limits: Limits, *, threads: int | None = None):
+    def __init__(self, scratch_dir: Path, data_dir: Path, limits: Limits, *, threads: int | None = None,
+                 slot: Slot | None = None, dev_dir: Path = DEV_DIR):
         self.scratch_dir = Path(scratch_dir).resolve()
         self.data_dir = Path(data_dir).resolve()
         self.data_path = self.scratch_dir / "data"
@@ -635,6 +648,17 @@ class Sandbox:
         self._cgroups: _CgroupSet | None = None
         self._scratch_capped = False
         self._seccomp = _userns_filter_file() if self.bwrap else None
+        self.slot = slot
+        try:
+            self.device_binds = device_binds(slot, Path(dev_dir)) if slot is not None else []
+        except DevicesError as exc:
+            raise SandboxError(str(exc)) from exc
+        self.driver_dirs = _driver_dirs() if self.device_binds else []
+        if slot is not None and slot.is_gpu:
+            self.warnings += device_warnings(slot, Path(dev_dir))
+            if self.bwrap is None:
+                self.warnings.append("without bubblewrap the kernel could open every GPU of the host "
+                                     "(only CUDA_VISIBLE_DEVICES pointed it at its own)")
 
     # lifecycle
 
@@ -742,6 +766,8 @@ class Sandbox:
             "OMP_NUM_THREADS": threads,
             "MKL_NUM_THREADS": threads,
             "OPENBLAS_NUM_THREADS": threads,
+            # The slot's GPU by UUID (indices change with what is visible), or none at all.
+            "CUDA_VISIBLE_DEVICES": self.slot.cuda_visible_devices if self.slot is not None else "",
         }
 
     def wrap(self, argv: list[str]) -> list[str]:
@@ -784,6 +810,8 @@ class Sandbox:
             present.add(dest)
 
         args += ["--proc", "/proc", "--dev", "/dev"]
+        for source, dest in self.device_binds:  # the slot's GPU nodes: nothing on a CPU slot
+            mount("--dev-bind", source, dest)
         tmp_size = ["--size", str(self.limits.disk_mb << 20)] if _bwrap_has("--size") else []
         args += ["--perms", "1777", *tmp_size, "--tmpfs", "/tmp", "--perms", "1777", *tmp_size, "--tmpfs", "/dev/shm"]
         for path in SYSTEM_DIRS + ETC_FILES:
@@ -791,7 +819,7 @@ class Sandbox:
                 mount("--symlink", os.readlink(path), path)
             elif os.path.exists(path):
                 mount("--ro-bind", path, path)
-        for path in _python_dirs():
+        for path in [*_python_dirs(), *self.driver_dirs]:
             mount("--ro-bind", path, path)
         mount("--bind", str(self.scratch_dir), str(self.scratch_dir))
         mount("--ro-bind", str(self.data_dir), str(self.data_path))

@@ -17,7 +17,7 @@ TEMPLATES_DIR = PACKAGE_DIR.parent / "templates"
 
 # What can change a kernel's run and what the grader takes out of it.
 EXECUTION_SOURCES = ("sandbox.py", "execute.py", "inject.py", "probe.py", "unitcheck.py", "config.py",
-                     "hints.py", "records.py")
+                     "hints.py", "records.py", "devices.py")
 # What can change the measured numbers, the points and the figures: every module of the package
 # (measuring touches models, metrics, the classifier, the reference, scoring, answers, figures)
 # but those that only render the PDF or parse the command line.

@@ -217,3 +217,59 @@ def test_the_setup_cell_caps_the_memory_on_gpu_slots_only():
     namespace: dict = {}
     exec(compile(code, "setup", "exec"), namespace)   # runs on a CPU host too (torch sees no CUDA)
     assert not [name for name in namespace if name != "__builtins__"]   # it leaves no names behind
+
+
+# --- the sandbox's arguments for a slot ------------------------------------------------------------
+
+
+def sandbox_args(tmp_path: Path, slot: Slot | None, dev: Path) -> tuple[list[str], dict]:
+    from grader.config import load_config
+    from grader.sandbox import Sandbox
+
+    (tmp_path / "scratch").mkdir()
+    (tmp_path / "data").mkdir()
+    sandbox = Sandbox(tmp_path / "scratch", tmp_path / "data", load_config().limits, slot=slot, dev_dir=dev)
+    sandbox.runtime_dir = tmp_path / "runtime"   # what entering would make; nothing is started
+    return sandbox._bwrap_args(), sandbox.environment()
+
+
+def triples(args: list[str], option: str) -> list[tuple[str, str]]:
+    return [(args[i + 1], args[i + 2]) for i, a in enumerate(args) if a == option]
+
+
+def test_bwrap_binds_a_gpu_slots_nodes_after_the_private_dev(tmp_path):
+    dev = fake_dev(tmp_path, "nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset")
+    slot = plan_slots(2, gpus=[gpu("GPU-a", minor=0), gpu("GPU-b", minor=1)])[1]
+    args, env = sandbox_args(tmp_path, slot, dev)
+    assert triples(args, "--dev-bind")[0] == (str(dev / "nvidia1"), "/dev/nvidia1")   # not nvidia0
+    assert [d for _, d in triples(args, "--dev-bind")] == [
+        "/dev/nvidia1", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset"]
+    assert args.index("--dev-bind") > args.index("--dev")         # on top of the sandbox's own /dev
+    assert ("CUDA_VISIBLE_DEVICES", "GPU-b") in triples(args, "--setenv") and env["CUDA_VISIBLE_DEVICES"] == "GPU-b"
+
+
+def test_bwrap_binds_nothing_of_a_gpu_for_a_cpu_slot(tmp_path):
+    dev = fake_dev(tmp_path, "nvidia0", "nvidiactl", "nvidia-uvm")
+    for slot in (Slot(index=0), None):
+        root = tmp_path / ("cpu" if slot else "none")
+        root.mkdir()
+        args, env = sandbox_args(root, slot, dev)
+        assert "--dev-bind" not in args and not any("nvidia" in a for a in args)
+        assert ("CUDA_VISIBLE_DEVICES", "") in triples(args, "--setenv") and env["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_a_mig_slots_access_nodes_get_a_readable_parent(tmp_path):
+    dev = fake_dev(tmp_path, "nvidia0", "nvidiactl", "nvidia-uvm", "nvidia-caps/nvidia-cap12", "nvidia-caps/nvidia-cap13")
+    inventory, _ = discover("mig")
+    args, env = sandbox_args(tmp_path, plan_slots(1, gpus=inventory.devices)[0], dev)
+    assert [d for _, d in triples(args, "--dev-bind")][-2:] == ["/dev/nvidia-caps/nvidia-cap12", "/dev/nvidia-caps/nvidia-cap13"]
+    made = args.index("/dev/nvidia-caps")
+    assert args[made - 3: made] == ["--perms", "0755", "--dir"] and made < args.index("/dev/nvidia-caps/nvidia-cap12")
+    assert env["CUDA_VISIBLE_DEVICES"] == MIG_3G
+
+
+def test_a_missing_gpu_node_is_a_sandbox_error_naming_it(tmp_path):
+    from grader.sandbox import SandboxError
+
+    with pytest.raises(SandboxError, match="nvidia4: the device node"):
+        sandbox_args(tmp_path, plan_slots(1, gpus=[gpu(minor=4)])[0], fake_dev(tmp_path, "nvidia0"))
