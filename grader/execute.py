@@ -37,6 +37,7 @@ from nbclient.exceptions import CellControlSignal, CellTimeoutError, DeadKernelE
 from nbformat import NotebookNode
 
 from .config import AssignmentConfig
+from .devices import Slot, setup_code
 from .errors import GraderError
 from . import atomic
 from .hints import hint_for
@@ -533,7 +534,8 @@ class _Run:
 
 
 async def _run_notebook(nb: NotebookNode, sandbox: Sandbox, *, probe_code: str | None,
-                        cell_timeout: float, notebook_timeout: float, output_bytes: int) -> _Run:
+                        cell_timeout: float, notebook_timeout: float, output_bytes: int,
+                        setup: str | None = None) -> _Run:
     run = _Run()
     client = SandboxClient(nb, SandboxedKernelManager(sandbox), sandbox=sandbox, output_bytes=output_bytes)
     launcher = None
@@ -554,7 +556,8 @@ async def _run_notebook(nb: NotebookNode, sandbox: Sandbox, *, probe_code: str |
         await _reap(launcher)
         raise SandboxError(f"the sandboxed kernel did not start ({exc}); its error output:\n{tail}") from exc
     try:
-        alive = await _run_cells(client, nb, run, cell_timeout, notebook_timeout)
+        alive = await _run_setup(client, nb, run, setup, cell_timeout) if setup else True
+        alive = await _run_cells(client, nb, run, cell_timeout, notebook_timeout, alive=alive)
         if probe_code is not None and not alive:
             run.probe_error = "the probe did not run: the kernel had died or been stopped"
         elif probe_code is not None:
@@ -595,11 +598,32 @@ def _restore_default_signals() -> None:
             pass
 
 
+def _gpu_share_mb(slot: Slot | None) -> int | None:
+    if slot is None or slot.gpu is None or slot.memory_fraction is None:
+        return None
+    return int(slot.gpu.memory_mb * slot.memory_fraction)
+
+
+async def _run_setup(client: SandboxClient, nb: NotebookNode, run: _Run, code: str, cell_timeout: float) -> bool:
+    """The grader's hidden setup (devices.setup_code: the GPU memory cap) before the student's
+    first cell: outside the history, the notebook's cells and its time budget, so the report and
+    executed.ipynb never show it. Whether the kernel is still usable afterwards."""
+    cell = nbformat.v4.new_code_cell(code)
+    nb.cells.append(cell)
+    try:
+        outcome = await _run_cell(client, cell, len(nb.cells) - 1, cell_timeout, store_history=False)
+    finally:
+        nb.cells.pop()
+    if outcome.status != "ok":
+        run.errors.append(f"the grader's device setup failed before the first cell: {outcome.error}")
+    return outcome.kernel_alive
+
+
 async def _run_cells(client: SandboxClient, nb: NotebookNode, run: _Run, cell_timeout: float,
-                     notebook_timeout: float) -> bool:
+                     notebook_timeout: float, *, alive: bool = True) -> bool:
     """Run the notebook's cells into run; whether the kernel is still usable afterwards."""
     deadline = monotonic() + notebook_timeout
-    alive, submitted_index = True, -1
+    submitted_index = -1
     for index, cell in enumerate(nb.cells):
         injected = is_injected(cell)
         submitted_index += 0 if injected else 1
@@ -617,7 +641,7 @@ async def _run_cells(client: SandboxClient, nb: NotebookNode, run: _Run, cell_ti
                 run.errors.append(f"the grader's parameters cell failed: {outcome.error}")
             continue
         hint = hint_for(submitted_index, outcome.error, outcome.traceback, data_dir=str(client.sandbox.data_path),
-                        memory_mb=client.sandbox.limits.memory_mb,
+                        memory_mb=client.sandbox.limits.memory_mb, gpu_memory_mb=_gpu_share_mb(client.sandbox.slot),
                         source=cell.source) if outcome.status == "error" else None
         run.cells.append(CellRun(index=submitted_index, status=outcome.status, seconds=round(outcome.seconds, 3),
                                  error=outcome.error, traceback=outcome.traceback, source_head=_source_head(cell),
@@ -695,12 +719,14 @@ def execute_notebook(
     cell_timeout: float | None = None,
     notebook_timeout: float | None = None,
     threads: int | None = None,
+    slot: Slot | None = None,
 ) -> ExecutionResult:
     """Run the notebook at notebook_path in a sandboxed kernel working in scratch_dir (a fresh,
     empty directory), with `parameters` injected after its parameters cell and DATA_DIR pointing at
     a read-only view of data_dir. Writes scratch_dir/executed.ipynb; never modifies the submission.
 
     threads: OMP/MKL threads for the kernel (default: the CPUs this process may use).
+    slot: the worker slot (grader/devices.py) whose device the kernel gets; None: the CPU.
     Raises SandboxError when the host cannot start a kernel at all (not the submission's fault).
     """
     started = monotonic()
@@ -724,10 +750,11 @@ def execute_notebook(
     except NotebookInvalid as exc:  # the file changed since it was read
         return ExecutionResult(status="invalid", errors=[str(exc)], seconds=round(monotonic() - started, 3))
 
-    with Sandbox(scratch_dir, data_dir, limits, threads=threads) as sandbox:
+    with Sandbox(scratch_dir, data_dir, limits, threads=threads, slot=slot) as sandbox:
         run_nb = inject_parameters(nb, {**parameters, config.parameters.data_dir: str(sandbox.data_path)}, tag)
         run = asyncio.run(_run_notebook(run_nb, sandbox, probe_code=probe_code, cell_timeout=cell_timeout,
-                                        notebook_timeout=notebook_timeout, output_bytes=limits.output_bytes))
+                                        notebook_timeout=notebook_timeout, output_bytes=limits.output_bytes,
+                                        setup=setup_code(slot)))
         warnings = list(sandbox.warnings)
     # Every process of the sandbox is gone now: nothing can swap files under what we read or write.
     executed = scratch_dir / EXECUTED_NOTEBOOK
@@ -749,4 +776,5 @@ def execute_notebook(
         probe_file=probe_file,
         probe_error=probe_error,
         sandbox_warnings=warnings,
+        device=slot.label if slot is not None else "cpu",
     )

@@ -25,12 +25,19 @@ class HintContext:
     data_dir: str | None = None     # DATA_DIR as the kernel saw it
     source: str = ""                 # the failing cell's source
     memory_mb: int | None = None     # the kernel's memory limit
+    gpu_memory_mb: int | None = None  # the kernel's share of its GPU's memory (a GPU slot's cap)
 
 
 def _cuda(index: int, match: re.Match, ctx: HintContext) -> str:
-    return (f"cell {index} asks for a CUDA GPU, but the grader ran it on a CPU-only machine: use "
-            f"`{DEVICE_LINE}` and move models and tensors with `.to(device)` instead of `.cuda()` "
-            "or `device='cuda'`")
+    return (f"cell {index} asks for a CUDA GPU, but the grader ran this notebook on the CPU (a CPU-only "
+            f"machine, or a worker without a GPU): use `{DEVICE_LINE}` and move models and tensors with "
+            "`.to(device)` instead of `.cuda()` or `device='cuda'`, so the notebook runs on either")
+
+
+def _other_gpu(index: int, match: re.Match, ctx: HintContext) -> str:
+    return (f"cell {index} asks for a GPU other than the first (e.g. `cuda:1`), but the grader gives a "
+            "notebook one GPU, which is `cuda` (`cuda:0`): use "
+            f"`{DEVICE_LINE}` and never a GPU number")
 
 
 def _cuda_load(index: int, match: re.Match, ctx: HintContext) -> str:
@@ -81,12 +88,21 @@ def _memory(index: int, match: re.Match, ctx: HintContext) -> str:
             "batches, and free large tensors you no longer need")
 
 
+def _gpu_memory(index: int, match: re.Match, ctx: HintContext) -> str:
+    share = f" ({ctx.gpu_memory_mb} MB)" if ctx.gpu_memory_mb else ""
+    return (f"cell {index} ran out of GPU memory: the grader gives a notebook its share of a GPU{share}; "
+            "train in batches of the handout's size, keep only the tensors you need on the GPU, and "
+            "evaluate under `torch.no_grad()`")
+
+
 _HINTS = [
-    Hint(re.compile(r"MemoryError|CUDA out of memory|DefaultCPUAllocator: can't allocate memory"), _memory),
+    Hint(re.compile(r"CUDA out of memory|OutOfMemoryError: CUDA"), _gpu_memory),
+    Hint(re.compile(r"MemoryError|DefaultCPUAllocator: can't allocate memory"), _memory),
     Hint(re.compile(r"Attempting to deserialize object on a CUDA device"), _cuda_load),
     Hint(re.compile(r"Found no NVIDIA driver|Torch not compiled with CUDA enabled|no CUDA GPUs are available"
                     r"|CUDA driver initialization failed|NVIDIA driver on your system is too old"
-                    r"|cudaGetDeviceCount|No CUDA GPUs"), _cuda),
+                    r"|cudaGetDeviceCount|No CUDA GPUs|CUDA unknown error|CUDA-capable device"), _cuda),
+    Hint(re.compile(r"invalid device ordinal"), _other_gpu),
     Hint(re.compile(r"No module named '?google(?:\.colab)?'?(?![\w.])"), _colab),
     Hint(re.compile(r"URLError|Temporary failure in name resolution|Name or service not known"
                     r"|Network is unreachable|Failed to establish a new connection|getaddrinfo failed"
@@ -101,11 +117,12 @@ _HINTS = [
 
 
 def hint_for(index: int, error: str | None, traceback: str | None = None, *,
-             data_dir: str | None = None, source: str = "", memory_mb: int | None = None) -> str | None:
+             data_dir: str | None = None, source: str = "", memory_mb: int | None = None,
+             gpu_memory_mb: int | None = None) -> str | None:
     """The hint for cell `index` that failed with `error` (and `traceback`), or None."""
     if not error and not traceback:
         return None
-    ctx = HintContext(data_dir=data_dir, source=source or "", memory_mb=memory_mb)
+    ctx = HintContext(data_dir=data_dir, source=source or "", memory_mb=memory_mb, gpu_memory_mb=gpu_memory_mb)
     # The error line first: a traceback may quote unrelated text (a student's own comment).
     for text in (error or "", traceback or ""):
         for hint in _HINTS:

@@ -33,6 +33,7 @@ class ExecutionResult(BaseModel):
     probe_file: str | None = None          # npz written by the probe, None if it never ran
     probe_error: str | None = None         # why the probe could not hand over something
     sandbox_warnings: list[str] = []       # protections the host could not give
+    device: str = ""                       # the kernel's device: "cpu" or "cuda:<UUID> (<name>)"
 
 
 class CheckResult(BaseModel):
