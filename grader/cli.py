@@ -118,6 +118,10 @@ def grade(
     parameter: list[str] = ParamOpt,
     preset: Optional[str] = typer.Option(None, "--preset", help="A parameter preset from the config (quick, smoke)."),
     workers: int = typer.Option(1, "--workers", min=1, help="Submissions executed at once."),
+    kernels_per_gpu: int = typer.Option(
+        1, "--kernels-per-gpu", min=0,
+        help="Kernels sharing one GPU (or MIG slice), each capped to its share of the memory; "
+             "0: every kernel on the CPU. On a GPU host the workers are capped at the GPU slots."),
     cell_timeout: Optional[float] = typer.Option(None, "--cell-timeout", help="Seconds per cell."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds per notebook."),
     no_pdf: bool = typer.Option(False, "--no-pdf", help="Skip the PDF reports."),
@@ -129,7 +133,7 @@ def grade(
     options = GradeOptions(
         out_dir=out, overrides=_overrides(parameter), preset=preset,
         workers=workers, cell_timeout=cell_timeout, notebook_timeout=timeout,
-        config_path=config, pdf=not no_pdf,
+        config_path=config, pdf=not no_pdf, kernels_per_gpu=kernels_per_gpu,
     )
     grade_submissions(submissions, options, log=_log)
 

@@ -51,6 +51,7 @@ class GradeOptions:
     config_path: Path | None = None
     pdf: bool = True
     data_dir: Path | None = None
+    kernels_per_gpu: int = 1             # kernels sharing one GPU; 0: all on the CPU (grader/devices.py)
 
 
 @dataclass

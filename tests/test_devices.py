@@ -273,3 +273,14 @@ def test_a_missing_gpu_node_is_a_sandbox_error_naming_it(tmp_path):
 
     with pytest.raises(SandboxError, match="nvidia4: the device node"):
         sandbox_args(tmp_path, plan_slots(1, gpus=[gpu(minor=4)])[0], fake_dev(tmp_path, "nvidia0"))
+
+
+def test_grade_takes_kernels_per_gpu_and_refuses_a_negative_count(tmp_path):
+    from typer.testing import CliRunner
+
+    from grader.cli import app
+
+    runner = CliRunner()
+    assert "--kernels-per-gpu" in runner.invoke(app, ["grade", "--help"]).output
+    refused = runner.invoke(app, ["grade", "submissions", "--out", str(tmp_path / "out"), "--kernels-per-gpu", "-1"])
+    assert refused.exit_code == 2 and "--kernels-per-gpu" in refused.output and not (tmp_path / "out").exists()
