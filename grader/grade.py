@@ -361,7 +361,7 @@ def evaluate(ctx: GradingContext, notebook: Path, execution: ExecutionResult, ou
         answers=_answers(ctx, nb), best_beta=best_beta, best_beta_source=source,
         cells=execution.cells, errors=errors, sandbox_warnings=execution.sandbox_warnings,
         histories=histories_for_figures(student.values),
-        grader_version=__version__, device=ctx.device, seconds=round(execution.seconds, 2),
+        grader_version=__version__, device=execution.device or ctx.device, seconds=round(execution.seconds, 2),
     )
     if execution.status != "invalid":  # nothing of the student's to show beside the reference
         result.figures = write_figures(out, ctx, student, reference, measurement)
@@ -465,7 +465,7 @@ def _grade_safely(ctx: GradingContext, notebook: Path, future, failures: list[st
             submission=notebook.stem, status=execution.status, max_score=ctx.config.max_auto_points,
             answer_points_pending=ctx.config.max_answer_points, overrides=ctx.overrides,
             parameters=ctx.params, cells=execution.cells, errors=[*execution.errors, problem],
-            grader_version=__version__, device=ctx.device,
+            grader_version=__version__, device=execution.device or ctx.device,
         )
         atomic.write_text(ctx.options.out_dir / output_name(notebook) / "result.json", result.model_dump_json(indent=1))
         return result
