@@ -115,7 +115,9 @@ def prepare(options: GradeOptions, log: Log) -> GradingContext:
     test_x, test_y = load_mnist(train=False, data_dir=data_dir)
     inputs = make_probe_inputs(config, params, test_x, test_y)
     unit_inputs = make_unit_inputs(config, params)
-    classifier = load_configured_classifier(config)
+    # On the GPU where there is one, as the reference measures its models (pick_device):
+    # classify() moves each batch to the classifier's device and returns CPU tensors.
+    classifier = load_configured_classifier(config, pick_device())
     accept = next((c.accept_confidence for c in config.checks if c.kind == "interpolation"), 0.5)
     train_x, _ = load_mnist(train=True, data_dir=data_dir)
     judge = Judge.build(classifier, test_x, accept, real_images=torch.cat([train_x, test_x]),
