@@ -15,17 +15,20 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+import filelock
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import atomic
+from . import atomic, metrics, paths
 from .data import load_mnist
 from .errors import ClassifierError
 
@@ -103,6 +106,42 @@ def _model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _is_max_pool_2x2(layer: nn.Module | None) -> bool:
+    def pair(value) -> tuple:
+        return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+    return (isinstance(layer, nn.MaxPool2d) and pair(layer.kernel_size) == (2, 2) and pair(layer.stride) == (2, 2)
+            and pair(layer.padding) == (0, 0) and pair(layer.dilation) == (1, 1)
+            and not layer.ceil_mode and not layer.return_indices)
+
+
+def _max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """nn.MaxPool2d(2) of [B, C, H, W] (an odd last row or column dropped, as it does), as two
+    elementwise maxima: the same values, about 15x faster than CPU max_pool2d on these sizes."""
+    x = x[:, :, : x.shape[2] // 2 * 2, : x.shape[3] // 2 * 2]
+    rows = torch.maximum(x[:, :, 0::2], x[:, :, 1::2])
+    return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+
+
+def _inference_features(model: MnistClassifier, x: torch.Tensor) -> torch.Tensor:
+    """model.features(x) in eval mode, bit for bit, in about two thirds of the CPU time: each
+    2x2 max pool is done as elementwise maxima, and a ReLU before one is applied after it
+    (max and ReLU commute exactly) on a quarter of the values. Inference only: max_pool2d's
+    gradient picks one of tied inputs where maximum's splits it, so training keeps the modules."""
+    layers = list(model.body)
+    x = model._as_images(x)
+    index = 0
+    while index < len(layers):
+        layer = layers[index]
+        following = layers[index + 1] if index + 1 < len(layers) else None
+        if isinstance(layer, nn.ReLU) and _is_max_pool_2x2(following):
+            x, index = torch.relu(_max_pool_2x2(x)), index + 2
+            continue
+        x = _max_pool_2x2(x) if _is_max_pool_2x2(layer) else layer(x)
+        index += 1
+    return x
+
+
 @torch.no_grad()
 def classify(model: MnistClassifier, images: torch.Tensor, batch_size: int = 1000) -> ClassifierOutput:
     """Class probabilities and features of `images` (in [0,1]), in eval mode; results on the CPU."""
@@ -111,7 +150,7 @@ def classify(model: MnistClassifier, images: torch.Tensor, batch_size: int = 100
     probs, features = [], []
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size].to(device, torch.float32)
-        f = model.features(x)
+        f = _inference_features(model, x)
         probs.append(torch.softmax(model.head(f), dim=1).cpu())
         features.append(f.cpu())
     if not probs:
@@ -183,6 +222,71 @@ def evaluate_configured(config, data_dir: Path | None = None) -> float:
     model = load_configured_classifier(config)
     images, labels = load_mnist(train=False, data_dir=data_dir)
     return evaluate_classifier(model, images, labels)
+
+
+# --- the Fréchet target: feature statistics of real images, cached with the classifier ----------
+
+# Bump when what a feature-cache file holds, or how it is computed, changes meaning.
+FEATURE_CACHE_FORMAT = 1
+_FEATURE_STATS: dict[str, metrics.FeatureStats] = {}   # this process's, by cache key
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 of a module's state_dict values in key order: the classifier's identity, whether
+    it came from the hash-checked file or was built in memory (a test's)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def feature_cache_key(model: nn.Module, images: torch.Tensor) -> str:
+    """Everything the statistics depend on: the weights, the images' bytes, and how they were
+    computed (torch's version, the device kind and the thread count, which can change the last
+    bits of a convolution's sums)."""
+    data = hashlib.sha256(images.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+    inputs = {"format": FEATURE_CACHE_FORMAT, "classifier": weights_digest(model), "images": data,
+              "shape": list(images.shape), "dtype": str(images.dtype), "torch": torch.__version__,
+              "device": _model_device(model).type, "threads": torch.get_num_threads()}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def _read_stats(path: Path) -> metrics.FeatureStats | None:
+    """The statistics in a cache file, or None when it is missing or damaged (then recomputed)."""
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            mean, cov, n = saved["mean"], saved["cov"], int(saved["n"])
+    except (OSError, KeyError, ValueError, EOFError):
+        return None
+    if mean.shape != (FEATURES,) or cov.shape != (FEATURES, FEATURES) or n < 2:
+        return None
+    return metrics.FeatureStats(mean=mean, cov=cov, n=n)
+
+
+def feature_stats_cached(model: MnistClassifier, images: torch.Tensor,
+                         cache_dir: Path | str | None = None) -> metrics.FeatureStats:
+    """Feature statistics of `images` under `model` (the test set's are every Fréchet distance's
+    target): from this process's memo, else the per-user cache (<cache>/features/<key>.npz),
+    else computed (10 000 images: seconds on one CPU thread) and cached, written atomically under
+    a file lock so that concurrent workers compute a key once."""
+    key = feature_cache_key(model, images)
+    if key in _FEATURE_STATS:
+        return _FEATURE_STATS[key]
+    root = Path(cache_dir) if cache_dir is not None else paths.cache_dir() / "features"
+    path = root / f"{key}.npz"
+    stats = _read_stats(path)
+    if stats is None:
+        root.mkdir(parents=True, exist_ok=True)
+        with filelock.FileLock(root / f"{key}.lock"):
+            stats = _read_stats(path)   # another worker may have written it while we waited
+            if stats is None:
+                stats = metrics.feature_stats(classify(model, images).features)
+                buffer = io.BytesIO()
+                np.savez(buffer, mean=stats.mean, cov=stats.cov, n=np.int64(stats.n))
+                atomic.write_bytes(path, buffer.getvalue())
+    _FEATURE_STATS[key] = stats
+    return stats
 
 
 # --- training ------------------------------------------------------------------------------------

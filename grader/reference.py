@@ -96,11 +96,9 @@ def _sha256_bytes(data: bytes) -> str:
 
 def state_digest(module: torch.nn.Module) -> str:
     """SHA-256 of a module's state_dict values, in key order (a classifier given in memory)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    from .classifier import weights_digest
+
+    return weights_digest(module)
 
 
 def prior_sample_count(config: AssignmentConfig) -> int:
@@ -272,19 +270,13 @@ def _accept_confidence(config: AssignmentConfig) -> float:
     return next((c.accept_confidence for c in config.checks if c.kind == "interpolation"), 0.5)
 
 
-_TEST_STATS: dict[tuple[str, tuple[int, ...], float], metrics.FeatureStats] = {}
-
-
 def feature_stats_of_test_set(classifier: torch.nn.Module, test_x: torch.Tensor) -> metrics.FeatureStats:
     """Classifier feature statistics of the test images: the Fréchet target, computed once per
-    classifier and image tensor in a process (classifying 10 000 images is most of a build's
-    evaluation time on the CPU)."""
-    from .classifier import classify
+    classifier and image set and kept in the per-user cache (classifying 10 000 images is most
+    of a build's evaluation time, and was most of every grading run's start, on the CPU)."""
+    from .classifier import feature_stats_cached
 
-    memo = (state_digest(classifier), tuple(test_x.shape), test_x.double().sum().item())
-    if memo not in _TEST_STATS:
-        _TEST_STATS[memo] = metrics.feature_stats(classify(classifier, test_x).features)
-    return _TEST_STATS[memo]
+    return feature_stats_cached(classifier, test_x)
 
 
 def _in_batches(fn, x: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
+from grader import classifier as classifier_module
 from grader.classifier import (
     FEATURES,
     MnistClassifier,
     classify,
     evaluate_classifier,
+    feature_stats_cached,
     file_sha256,
     fit_classifier,
     load_classifier,
@@ -100,6 +103,51 @@ def test_classify_shapes_flat_input_and_determinism(shipped, test_slice):
     assert torch.equal(again.probs, out.probs) and torch.equal(again.features, out.features)
     assert shipped.features(images[:5]).shape == (5, FEATURES)
     assert shipped(images[:5]).shape == (5, 10)
+
+
+def test_inference_path_gives_the_modules_features_bit_for_bit(shipped, test_slice):
+    """classify pools by elementwise maxima with the ReLU after the pool: the same bits as the
+    modules' own forward, on real digits and on noisy blobs like a poor decoder's."""
+    blobs = torch.rand(300, 1, 28, 28, generator=torch.Generator().manual_seed(0)) ** 3
+    for images in (test_slice[0][:500], blobs):
+        with torch.no_grad():
+            expected = shipped.eval().features(images)
+            probs = torch.softmax(shipped.head(expected), dim=1)
+        out = classify(shipped, images)
+        assert torch.equal(out.features.view(torch.int32), expected.view(torch.int32))   # -0.0 too
+        assert torch.equal(out.probs, probs)
+
+
+def test_test_set_statistics_are_cached_per_classifier_and_images(shipped, test_slice, tmp_path, monkeypatch):
+    images = test_slice[0][:400]
+    computed = []
+    real_classify = classifier_module.classify
+    monkeypatch.setattr(classifier_module, "classify", lambda *a, **k: computed.append(1) or real_classify(*a, **k))
+    monkeypatch.setattr(classifier_module, "_FEATURE_STATS", {})   # this process's memo, emptied
+    first = feature_stats_cached(shipped, images, cache_dir=tmp_path)
+    assert len(computed) == 1 and len(list(tmp_path.glob("*.npz"))) == 1
+
+    monkeypatch.setattr(classifier_module, "_FEATURE_STATS", {})   # as a new worker process
+    again = feature_stats_cached(shipped, images, cache_dir=tmp_path)
+    assert len(computed) == 1                                       # read from the cache file
+    assert np.array_equal(again.mean, first.mean) and np.array_equal(again.cov, first.cov) and again.n == 400
+
+    other = MnistClassifier()
+    other.load_state_dict(shipped.state_dict())
+    with torch.no_grad():
+        other.head[1].bias += 1.0            # another classifier: another digest, another entry
+        other.body[-3].weight[0, 0] += 0.5
+    changed = feature_stats_cached(other, images, cache_dir=tmp_path)
+    assert len(computed) == 2 and len(list(tmp_path.glob("*.npz"))) == 2
+    assert not np.array_equal(changed.cov, first.cov)
+    feature_stats_cached(shipped, images[:300], cache_dir=tmp_path)   # other images: another entry
+    assert len(computed) == 3
+
+    monkeypatch.setattr(classifier_module, "_FEATURE_STATS", {})
+    entry = tmp_path / f"{classifier_module.feature_cache_key(shipped, images)}.npz"
+    entry.write_bytes(b"truncated")                                 # a damaged entry is recomputed
+    assert np.array_equal(feature_stats_cached(shipped, images, cache_dir=tmp_path).cov, first.cov)
+    assert len(computed) == 4 and entry.read_bytes().startswith(b"PK")
 
 
 def test_wrong_input_shape_is_a_clear_error(shipped):
