@@ -379,6 +379,50 @@ def test_students_html_cannot_reach_the_grader_files(tmp_path, secret):
 # --- figures ----------------------------------------------------------------------------------
 
 
+def test_image_grid_is_drawn_pixel_for_pixel_with_captions_above_the_tiles(tmp_path):
+    """A PIL grid: each image pixel a TILE_SCALE block at its tile's place, white gaps and empty
+    slots, captions in the strip above a tile (dark text), nothing of a caption on the image."""
+    from PIL import Image
+
+    known = np.zeros((3, 28, 28))
+    known[0, 5, 7] = 1.0                       # one white pixel on black
+    known[1] = 1.0                             # all white
+    known[2, :, 14:] = 0.5                     # right half mid-grey
+    scale, gap, margin, caption = figures.TILE_SCALE, figures.GAP, figures.MARGIN, figures.CAPTION_PX
+    side = 28 * scale
+    plain = np.asarray(Image.open(figures.image_grid_png(tmp_path / "plain.png", known, ncols=2)))
+    assert plain.shape == (2 * margin + gap + 2 * (side + gap), 2 * margin + gap + 2 * (side + gap))
+
+    def tile(pixels: np.ndarray, row: int, col: int, strip: int = 0) -> np.ndarray:
+        top = margin + gap + row * (side + strip + gap) + strip
+        left = margin + gap + col * (side + gap)
+        return pixels[top : top + side, left : left + side]
+
+    first = tile(plain, 0, 0)
+    assert (first[5 * scale : 6 * scale, 7 * scale : 8 * scale] == 255).all()
+    assert first.sum() == 255 * scale * scale            # only that block is lit
+    assert (tile(plain, 0, 1) == 255).all()
+    assert (tile(plain, 1, 0)[:, : side // 2] == 0).all() and (tile(plain, 1, 0)[:, side // 2 :] == 128).all()
+    assert (tile(plain, 1, 1) == 255).all()              # an empty slot is white
+    assert (plain[:margin + gap] == 255).all() and (plain[:, margin + gap + side : margin + 2 * gap + side] == 255).all()
+
+    titled = np.asarray(Image.open(figures.samples_png(tmp_path / "titled.png", known, [3, 7, 1], [0.5, 0.25, 1.0],
+                                                       ncols=3)))
+    assert titled.shape == (2 * margin + gap + side + caption + gap, 2 * margin + gap + 3 * (side + gap))
+    assert np.array_equal(tile(titled, 0, 0, caption), first) and (tile(titled, 0, 1, caption) == 255).all()
+    for col in range(3):
+        left = margin + gap + col * (side + gap)
+        strip = titled[margin + gap : margin + gap + caption, left : left + side]
+        assert strip.min() < 100                         # the caption's text is there
+
+    rows = np.asarray(Image.open(figures.interpolation_png(tmp_path / "rows.png", known[None], known[None, ::-1])))
+    label_px = rows.shape[1] - 2 * margin - gap - 3 * (side + gap)
+    assert rows.shape[0] == 2 * margin + gap + 2 * (side + gap) and label_px > 40   # room for "reference, path 1"
+    shifted = rows[:, label_px:]
+    assert np.array_equal(tile(shifted, 0, 0), first) and np.array_equal(tile(shifted, 1, 2), first)
+    assert rows[margin:-margin, margin : label_px - figures.LABEL_GAP].min() < 100   # the labels
+
+
 def test_figures_are_deterministic_pngs_without_software_metadata(tmp_path):
     images = np.random.default_rng(1).random((6, 784))  # flat rows are accepted too
     first = figures.image_grid_png(tmp_path / "a.png", images, titles=list("abcdef"), ncols=3).read_bytes()
