@@ -88,15 +88,20 @@ class GradingContext:
             self._reference_probes[tuned_beta] = probe_models(models, self.config, self.inputs)
         return self._reference_probes[tuned_beta]
 
-    def reference_figures(self, beta: float | None) -> dict:
-        """The reference's figures with vae_tuned at `beta`, computed once per β in a run."""
-        from .measure import reference_figures
+    def reference_measurement(self, beta: float | None):
+        """The reference's figures and samples' captions (measure.ReferenceMeasurement) with
+        vae_tuned at `beta`: its images are classified once per β in a run, not per student."""
+        from .measure import measure_reference
 
         tuned_beta, _ = self.reference.exact_vae(beta, self.data_dir, self.log)
         if tuned_beta not in self._reference_figures:
-            self._reference_figures[tuned_beta] = reference_figures(
+            self._reference_figures[tuned_beta] = measure_reference(
                 self.reference_probe(beta), self.reference_probe(None), self.inputs, self.judge, self.config)
         return self._reference_figures[tuned_beta]
+
+    def reference_figures(self, beta: float | None) -> dict:
+        """The reference's figures with vae_tuned at `beta`, computed once per β in a run."""
+        return self.reference_measurement(beta).figures
 
 
 def prepare(options: GradeOptions, log: Log) -> GradingContext:

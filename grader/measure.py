@@ -8,7 +8,7 @@ the classifier judges samples and interpolations, an image bank spots memorised 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -70,9 +70,30 @@ def endpoint_share(probs: torch.Tensor, pairs: int, steps: int, start_label: int
     return ((labels[:, 0] == start_label) & (labels[:, -1] == end_label)).double().mean().item()
 
 
-def model_figures(probe: ProbeData, role: str, inputs: ProbeInputs, judge: Judge,
-                  check_memorisation: bool = False) -> ModelFigures:
-    """Every figure of one model; raises ShapeError naming the first array that is wrong."""
+@dataclass
+class SampleCaptions:
+    """The classifier's verdict on each of a model's prior samples, from the classification the
+    sample checks used: the figures caption the samples they show with it."""
+
+    labels: np.ndarray        # [N] int64, the most probable digit
+    confidences: np.ndarray   # [N] float32, its probability
+
+    @classmethod
+    def of(cls, probs: torch.Tensor) -> "SampleCaptions":
+        confidence, label = probs.max(dim=1)
+        return cls(labels=label.numpy(), confidences=confidence.numpy())
+
+
+@dataclass
+class ModelMeasurement:
+    figures: ModelFigures
+    captions: SampleCaptions
+
+
+def measure_model(probe: ProbeData, role: str, inputs: ProbeInputs, judge: Judge,
+                  check_memorisation: bool = False) -> ModelMeasurement:
+    """Every figure of one model, and its samples' captions; raises ShapeError naming the first
+    array that is wrong. Each image set is classified once."""
     n_test = len(inputs.test_x)
     recon = as_images(probe.get(f"{role}.recon"), n_test, f"{role}.decode(encode(x))")
     figures = ModelFigures(mse=metrics.mse_per_pixel(recon, inputs.test_x))
@@ -96,7 +117,13 @@ def model_figures(probe: ProbeData, role: str, inputs: ProbeInputs, judge: Judge
     interp = metrics.interpolation_quality(paths.reshape(pairs, steps, 1, 28, 28), probs, judge.accept_confidence)
     figures.interp_accept, figures.interp_smoothness = interp.accept, interp.smoothness
     figures.interp_endpoints = endpoint_share(probs, pairs, steps, inputs.start_label, inputs.end_label)
-    return figures
+    return ModelMeasurement(figures, SampleCaptions.of(judged.probs))
+
+
+def model_figures(probe: ProbeData, role: str, inputs: ProbeInputs, judge: Judge,
+                  check_memorisation: bool = False) -> ModelFigures:
+    """Every figure of one model; raises ShapeError naming the first array that is wrong."""
+    return measure_model(probe, role, inputs, judge, check_memorisation).figures
 
 
 def _sample_roles(config: AssignmentConfig) -> set[str]:
@@ -105,7 +132,10 @@ def _sample_roles(config: AssignmentConfig) -> set[str]:
 
 
 def all_model_figures(probe: ProbeData, inputs: ProbeInputs, judge: Judge, config: AssignmentConfig,
-                      check_memorisation: bool = True) -> tuple[dict[str, ModelFigures], dict[str, str]]:
+                      check_memorisation: bool = True, captions: dict[str, SampleCaptions] | None = None,
+                      ) -> tuple[dict[str, ModelFigures], dict[str, str]]:
+    """Every model's figures and why a model could not be measured; each measured model's
+    sample captions go into `captions` when it is given."""
     figures, missing = {}, {}
     memorisation_roles = _sample_roles(config) if check_memorisation else set()
     for role in config.contract.model_names():
@@ -113,9 +143,13 @@ def all_model_figures(probe: ProbeData, inputs: ProbeInputs, judge: Judge, confi
             missing[role] = probe.errors[role]
             continue
         try:
-            figures[role] = model_figures(probe, role, inputs, judge, role in memorisation_roles)
+            measured = measure_model(probe, role, inputs, judge, role in memorisation_roles)
         except (ShapeError, ValueError) as exc:
             missing[role] = str(exc)
+            continue
+        figures[role] = measured.figures
+        if captions is not None:
+            captions[role] = measured.captions
     return figures, missing
 
 
@@ -157,16 +191,32 @@ def _unit(name: str, fn, probe: ProbeData, inputs: UnitInputs, missing: dict):
         return None
 
 
-def reference_figures(reference: ProbeData, reference_best: ProbeData, inputs: ProbeInputs, judge: Judge,
-                      config: AssignmentConfig) -> dict[str, ModelFigures]:
-    """The reference's figures (vae_tuned at one β, and the best-β anchor): the same for every
-    student who chose that β, so the grader computes them once per β and run."""
-    figures, missing = all_model_figures(reference, inputs, judge, config, check_memorisation=False)
+@dataclass
+class ReferenceMeasurement:
+    """The reference's figures (vae_tuned at one β, and the best-β anchor) and its samples'
+    captions: the same for every student who chose that β, so computed once per β and run."""
+
+    figures: dict[str, ModelFigures]
+    captions: dict[str, SampleCaptions] = field(default_factory=dict)
+
+
+def measure_reference(reference: ProbeData, reference_best: ProbeData, inputs: ProbeInputs, judge: Judge,
+                      config: AssignmentConfig) -> ReferenceMeasurement:
+    captions: dict[str, SampleCaptions] = {}
+    figures, missing = all_model_figures(reference, inputs, judge, config, check_memorisation=False,
+                                         captions=captions)
     if missing:  # the grader's own models: a failure here is a bug, not the student's
         raise RuntimeError(f"reference models could not be measured: {missing}")
     tuned_role = next(iter(_sample_roles(config)), "vae_tuned")
     figures[BEST] = model_figures(reference_best, tuned_role, inputs, judge)
-    return figures
+    return ReferenceMeasurement(figures, captions)
+
+
+@dataclass
+class StudentMeasurement(Measurement):
+    """What scoring needs, plus what the figures reuse: the student's samples' captions."""
+
+    captions: dict[str, SampleCaptions] = field(default_factory=dict)
 
 
 def measure(
@@ -181,8 +231,9 @@ def measure(
     reference_best_beta: float | None,
     best_beta: float | None,
     config: AssignmentConfig,
-) -> Measurement:
-    student_figures, missing = all_model_figures(student, inputs, judge, config)
+) -> StudentMeasurement:
+    captions: dict[str, SampleCaptions] = {}
+    student_figures, missing = all_model_figures(student, inputs, judge, config, captions=captions)
     if "probe" in student.errors:
         missing.update({role: student.errors["probe"] for role in config.contract.model_names() if role not in missing})
     result = Metrics(
@@ -201,7 +252,7 @@ def measure(
         f"the reference autoencoder reconstructs at MSE {ae_mse:.4f}, not below {ratio:g} x the "
         f"mean image's {mean_image_mse:.4f}, so good and broken models cannot be told apart"
     )
-    return Measurement(
+    return StudentMeasurement(
         metrics=result, missing=missing, best_beta=best_beta,
-        assessable=assessable, assessable_reason="" if assessable else reason,
+        assessable=assessable, assessable_reason="" if assessable else reason, captions=captions,
     )

@@ -1,4 +1,9 @@
-"""The PNGs a report shows, made from the probe's arrays (student) next to the reference's."""
+"""The PNGs a report shows, made from the probe's arrays (student) next to the reference's.
+
+Samples are captioned with the classifier's verdicts that measuring them produced (the
+student's in the measurement, the reference's once per β in the run); only the samples shown of
+a model that could not be measured are classified here.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import figures
+from .measure import SampleCaptions
 from .probe import ProbeData
 
 N_RECON = 10   # test images shown reconstructed
@@ -25,6 +31,16 @@ def histories_for_figures(values: dict) -> dict:
     return {"ae": values.get("ae_history"), "vae": values.get("vae_histories") or {}}
 
 
+def _captions(captions: dict, role: str, samples: np.ndarray, judge) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, confidences) of the samples shown: from measuring them, or, for a model that
+    could not be measured (e.g. some samples not finite), from classifying just those shown."""
+    shown = len(samples)
+    found = captions.get(role)
+    if found is None or len(found.labels) < shown:
+        found = SampleCaptions.of(judge.judge(samples.reshape(-1, 1, 28, 28).astype(np.float32)).probs)
+    return found.labels[:shown], found.confidences[:shown]
+
+
 def write_figures(out: Path, ctx, student: ProbeData, reference: ProbeData, measurement) -> dict[str, str]:
     """Write every figure that can be drawn; returns {name: file name in `out`}."""
     written: dict[str, str] = {}
@@ -33,6 +49,8 @@ def write_figures(out: Path, ctx, student: ProbeData, reference: ProbeData, meas
         if path is not None:
             written[name] = Path(path).name
 
+    captions = {"student": measurement.captions,
+                "reference": ctx.reference_measurement(measurement.best_beta).captions}
     originals = ctx.inputs.test_x[:N_RECON].reshape(-1, 28, 28)
     for role in ROLES:
         mine = _images(student.get(f"{role}.recon"), N_RECON)
@@ -42,10 +60,8 @@ def write_figures(out: Path, ctx, student: ProbeData, reference: ProbeData, meas
             samples = _images(probe.get(f"{role}.samples"), N_SAMPLES)
             if samples is None:
                 continue
-            judged = ctx.judge.judge(samples.reshape(-1, 1, 28, 28).astype(np.float32))
-            confidence, label = judged.probs.max(dim=1)
-            keep(f"samples_{role}_{side}",
-                 figures.samples_png(out / f"samples_{role}_{side}.png", samples, label.numpy(), confidence.numpy()))
+            verdicts = _captions(captions[side], role, samples, ctx.judge)
+            keep(f"samples_{role}_{side}", figures.samples_png(out / f"samples_{role}_{side}.png", samples, *verdicts))
     steps = len(ctx.inputs.interp_alpha)
     for role in ("ae", "vae_tuned"):
         mine = _images(student.get(f"{role}.interp"), N_PATHS * steps)
