@@ -253,3 +253,23 @@ def test_image_bank_nearest_distance_matches_a_brute_force_search():
     brute = torch.cdist(pooled_samples, pooled_real).min(dim=1).values / 14.0   # RMS over 196 pixels
     torch.testing.assert_close(bank.nearest_distance(samples).double(), brute, atol=1e-4, rtol=1e-4)
     assert memorised_share(samples, bank, threshold=0.025) == pytest.approx(10 / 40)
+
+
+def test_memorised_share_pruned_by_the_coarse_bound_equals_the_exhaustive_search():
+    """Samples near the threshold on both sides: the pruned search (coarse lower bound, exact
+    search for the rest) gives the same share as comparing every exact distance."""
+    from grader.metrics.memorisation import ImageBank, memorised_share
+
+    generator = torch.Generator().manual_seed(5)
+    real = torch.rand(500, 1, 28, 28, generator=generator) ** 3
+    samples = torch.rand(60, 1, 28, 28, generator=generator) ** 3
+    for i, noise in enumerate(torch.linspace(0.0, 0.06, 40)):   # copies ever farther from real[i]
+        samples[i] = real[i] + noise * torch.randn(1, 28, 28, generator=generator)
+    bank = ImageBank.of(real)
+    exact = bank.nearest_distance(samples)
+    for threshold in (0.01, 0.025, 0.04):
+        candidates = bank.may_be_within(samples, threshold)
+        assert candidates[exact < threshold].all()        # a copy is never pruned away
+        assert not candidates[40:].any()                  # unrelated samples are
+        assert memorised_share(samples, bank, threshold) == (exact < threshold).double().mean().item()
+    assert 0 < (exact < 0.025).sum() < 40                 # the threshold falls inside the noise range
