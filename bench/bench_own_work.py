@@ -4,6 +4,8 @@
                                                       # grades submissions/correct.ipynb first
     python bench/bench_own_work.py --sample OUT/NAME  # any graded submission's folder (read-only)
     python bench/bench_own_work.py --profile          # plus the top of a cProfile of one evaluation
+    python bench/bench_own_work.py --compare OUT      # re-evaluate every graded folder of OUT (copies)
+                                                      # and say where result.json's numbers differ
 
 The sample's kernel export (weights.npz, probe.json) and unit-check files are copied into a
 scratch folder, so the graded OUT is never touched. One CPU thread (torch, OpenMP and BLAS), the
@@ -12,6 +14,23 @@ run"), one evaluation warms the per-run caches (the reference's figures at the s
 then each repeat times the real pipeline (grade.evaluate, the PDF, the sandboxed unit checks),
 stage by stage, by wrapping the functions it calls; a stage inside another is printed indented
 under it. Goal (issue 10): the per-notebook total <= 5 s, the PDF <= 1 s.
+
+Measured on the 2-core dev machine (one thread, quick preset, the correct sample; seconds, median
+of 3, other work on the machine adds noise of about 10%):
+
+    stage                           before    after
+    per run: grade.prepare            6.17     1.02   test-set features cached on disk (5.2 -> 0.03)
+    first notebook of a run          17.6     10.3    the reference's figures at the student's β
+    unit checks (sandboxed process)   4.76     4.46   the student's imports: torch, torchvision, pyplot
+    probe the rebuilt models          0.20     0.19
+    measure                           3.20     1.90
+      classifier (4 320 images)       2.57     1.63   max pool as elementwise maxima, same bits
+      memorisation search             0.69     0.22   pruned by a coarse lower bound, same share
+    figures                           4.71     0.22   PIL grids (3 ms each) instead of matplotlib
+      classifier for captions         0.06     0      reused from measuring
+    PDF: HTML + WeasyPrint            1.09     1.12   text layout of ~10 pages: content-bound
+    total per notebook               13.9      8.03   (3.6 without the unit-check process)
+    figures                        534 KiB  244 KiB   report.pdf 441 -> 265 KiB
 """
 
 from __future__ import annotations
@@ -21,19 +40,19 @@ import os
 for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_name] = "1"   # before numpy and torch load their thread pools
 
-import argparse  # noqa: E402
-import cProfile  # noqa: E402
-import functools  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import pstats  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections import defaultdict  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import cProfile
+import functools
+import io
+import json
+import pstats
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SAMPLE = Path("/tmp/fresh/out/correct")
@@ -136,6 +155,31 @@ def one_notebook(ctx, notebook: Path, folder: Path, unit_checks: bool):
     return result
 
 
+COMPARED = ("status", "score", "max_score", "checks", "metrics", "best_beta", "best_beta_source", "errors",
+            "figures")
+
+
+def compare(ctx, out: Path, workdir: Path) -> int:
+    """Re-evaluate each OUT/<name> (its files copied) and compare the numbers with its
+    result.json; returns how many differ."""
+    from grader.records import SubmissionResult
+
+    differing = 0
+    for saved_path in sorted(out.glob("*/result.json")):
+        sample = saved_path.parent
+        notebook, folder = copy_sample(sample, workdir / "compare")
+        saved = SubmissionResult.model_validate_json(saved_path.read_text()).model_dump(include=set(COMPARED))
+        again = one_notebook(ctx, notebook, folder, unit_checks=False).model_dump(include=set(COMPARED))
+        changed = [name for name in COMPARED if saved[name] != again[name]]
+        differing += bool(changed)
+        print(f"  {sample.name:<22} score {again['score']:g} / {again['max_score']:g}: "
+              + ("identical" if not changed else "DIFFERS in " + ", ".join(changed)))
+        for name in changed:
+            print(f"    {name}: was {json.dumps(saved[name], default=str)[:600]}")
+            print(f"    {name}: now {json.dumps(again[name], default=str)[:600]}")
+    return differing
+
+
 def print_table(title: str, rows: list[tuple[str, int, float]], total: float | None = None) -> None:
     print(f"\n{title}")
     print(f"  {'stage':<52} {'calls':>5} {'seconds':>8}")
@@ -154,6 +198,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-unit-checks", action="store_true", help="skip the sandboxed unit-check process")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of one evaluation")
+    parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                        help="copy the sample's figures and report.pdf there, to look at")
+    parser.add_argument("--compare", type=Path, default=None, metavar="OUT",
+                        help="compare a regrade of every folder of a graded OUT with its result.json")
     args = parser.parse_args()
 
     import torch
@@ -181,6 +229,9 @@ def main() -> None:
         timer.reset()
         timer.order.clear()
 
+        if args.compare:
+            print(f"re-evaluating {args.compare} (unit checks and execution reused):")
+            return 1 if compare(ctx, args.compare, tmp) else 0
         instrument(timer)
         start = time.perf_counter()
         one_notebook(ctx, notebook, folder, not args.no_unit_checks)   # warm-up: per-run caches filled
@@ -209,6 +260,10 @@ def main() -> None:
         print(f"figures: {len(figures)} PNGs, {sum(p.stat().st_size for p in figures) / 1024:.0f} KiB; "
               f"report.pdf {(folder / 'report.pdf').stat().st_size / 1024:.0f} KiB")
 
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            for path in [*figures, folder / "report.pdf"]:
+                shutil.copyfile(path, args.keep / path.name)
         if args.profile:
             profile = cProfile.Profile()
             profile.enable()

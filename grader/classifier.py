@@ -18,9 +18,9 @@ import io
 import json
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import filelock
 import numpy as np

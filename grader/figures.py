@@ -15,21 +15,21 @@ from __future__ import annotations
 import functools
 import io
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")  # never a GUI backend: the grader runs headless, often in parallel
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from PIL import Image, ImageDraw, ImageFont  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from PIL import Image, ImageDraw, ImageFont
+from torchvision.utils import make_grid
 
-from . import atomic  # noqa: E402
+from . import atomic
 
 DPI = 110
 # One fixed style for every figure, independent of the user's matplotlibrc.

@@ -40,8 +40,10 @@ class Judge:
 
     @classmethod
     def build(cls, classifier: torch.nn.Module, test_images: torch.Tensor, accept_confidence: float,
-              real_images: torch.Tensor | None = None, memorised_distance: float = 0.025) -> "Judge":
-        from .reference import feature_stats_of_test_set  # shared with reference building
+              real_images: torch.Tensor | None = None, memorised_distance: float = 0.025) -> Judge:
+        from .reference import (
+            feature_stats_of_test_set,  # shared with reference building
+        )
 
         bank = metrics.ImageBank.of(real_images) if real_images is not None else None
         return cls(classifier, feature_stats_of_test_set(classifier, test_images), accept_confidence,
@@ -79,7 +81,7 @@ class SampleCaptions:
     confidences: np.ndarray   # [N] float32, its probability
 
     @classmethod
-    def of(cls, probs: torch.Tensor) -> "SampleCaptions":
+    def of(cls, probs: torch.Tensor) -> SampleCaptions:
         confidence, label = probs.max(dim=1)
         return cls(labels=label.numpy(), confidences=confidence.numpy())
 

@@ -16,7 +16,15 @@ from pypdf import PdfReader
 from grader import figures
 from grader.config import load_config
 from grader.mathtext import markdown_to_html, tex_to_svg
-from grader.records import Answer, CellRun, KLUnitFigures, Metrics, ModelFigures, ReparamUnitFigures, SubmissionResult
+from grader.records import (
+    Answer,
+    CellRun,
+    KLUnitFigures,
+    Metrics,
+    ModelFigures,
+    ReparamUnitFigures,
+    SubmissionResult,
+)
 from grader.report import (
     DataOnlyFetcher,
     ReportError,
@@ -209,7 +217,7 @@ def test_missing_figure_is_left_out(tmp_path):
 def test_maths_in_answers_is_drawn_not_shown_as_tex(graded):
     result, out, pdf = graded
     html = build_report_html(result, out, CONFIG)
-    q2 = re.search(r"<h3>Q2.*?</div>\s*</div>", html, re.S).group(0)
+    q2 = re.search(r"<h3>Q2.*?</div>\s*</div>", html, re.DOTALL).group(0)
     assert q2.count("<svg") == 3  # \beta=0, q(z|x), \mathcal{N}(0, I)
     text = pdf_text(pdf)
     assert r"$\beta=0$" not in text and r"\beta" not in text

@@ -60,7 +60,7 @@ class ImageBank:
     coarse_norms: torch.Tensor | None = None   # [M]
 
     @classmethod
-    def of(cls, images) -> "ImageBank":
+    def of(cls, images) -> ImageBank:
         p = pooled(images)
         c = coarse(p)
         return cls(p, (p * p).sum(dim=1), c, (c * c).sum(dim=1))
