@@ -117,7 +117,8 @@ def grade(
     out: Path = typer.Option(..., "--out", help="Output folder (gradebook.csv, one folder per submission)."),
     parameter: list[str] = ParamOpt,
     preset: Optional[str] = typer.Option(None, "--preset", help="A parameter preset from the config (quick, smoke)."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Submissions executed at once."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes: submissions graded at once, "
+                                "each the whole job (run, measure, figures, PDF)."),
     kernels_per_gpu: int = typer.Option(
         1, "--kernels-per-gpu", min=0,
         help="Kernels sharing one GPU (or MIG slice), each capped to its share of the memory; "

@@ -1,35 +1,42 @@
 """Grade a folder of notebooks: execute (sandboxed), probe, measure, score, answers, report.
 
-One GradingContext is built per run (config, parameters, data, classifier, reference models,
-fixed probe inputs); each submission then goes through `run_execution` (the slow, cached part,
-parallel across --workers) and `evaluate` (measure + score + answers + figures, in this process).
+A submission is one self-contained job, `grade_job(JobSpec) -> JobOutcome`, that runs execute →
+probe → measure → score → answers → figures → PDF in a worker process: local runs use a pool of
+--workers processes (grader/pool.py), a cluster runs the same function on dask.distributed
+workers (grader/cluster.py). Each worker builds its GradingContext (config, parameters, data,
+classifier, reference models, fixed probe inputs) once, from the cache, and reuses it for every
+job of the same run. The main process only plans the jobs (their cache keys), schedules them,
+shows progress, keeps the marking database and writes the gradebook and the summary.
 Reruns reuse what is still valid: execution.json is keyed by everything that changes a run, and
 result.json additionally by the config, so a rubric change re-scores without re-executing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
+import shutil
 import sys
+import tempfile
 import time
 import unicodedata
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import nbformat
 import torch
+from pydantic import BaseModel
 
 from . import __version__, atomic, versioning
 from .config import AssignmentConfig, load_config
 from .errors import GraderError
 from .marking.store import DB_NAME, MarkStore
 from .probe import VALUES_FILE, WEIGHTS_FILE, KernelExport, ProbeData, ProbeInputs, export_code, load_export, probe_models
-from .records import Answer, ExecutionResult, SubmissionResult
+from .records import Answer, ExecutionResult, Mark, RubricItem, SubmissionResult
 from .score import score_checks, totals
 from .execute import EXECUTED_NOTEBOOK
 from .unitcheck import UnitInputs, UnitResult
@@ -54,6 +61,35 @@ class GradeOptions:
     kernels_per_gpu: int = 1             # kernels sharing one GPU; 0: all on the CPU (grader/devices.py)
 
 
+def run_overrides(config: AssignmentConfig, params: dict) -> dict:
+    """The parameters that differ from the config's defaults (what the report calls reduced)."""
+    defaults = config.parameters.defaults()
+    return {k: v for k, v in params.items() if defaults.get(k) != v}
+
+
+@dataclass
+class RunPlan:
+    """What the main process knows of a run: enough to name every job and its cache keys, none
+    of the heavy parts (data, classifier, reference) that only the workers load."""
+
+    config: AssignmentConfig
+    params: dict
+    unit_inputs: UnitInputs
+    options: GradeOptions
+
+    @property
+    def overrides(self) -> dict:
+        return run_overrides(self.config, self.params)
+
+
+def plan_run(options: GradeOptions) -> RunPlan:
+    from .unitcheck import make_unit_inputs
+
+    config = load_config(options.config_path)
+    params = config.resolve_parameters(options.overrides, options.preset)
+    return RunPlan(config, params, make_unit_inputs(config, params), options)
+
+
 @dataclass
 class GradingContext:
     """Everything shared by the submissions of one run."""
@@ -76,8 +112,7 @@ class GradingContext:
     @property
     def overrides(self) -> dict:
         """The parameters that differ from the config's defaults (what the report calls reduced)."""
-        defaults = self.config.parameters.defaults()
-        return {k: v for k, v in self.params.items() if defaults.get(k) != v}
+        return run_overrides(self.config, self.params)
 
     def reference_probe(self, beta: float | None) -> ProbeData:
         """The reference models' outputs, with vae_tuned trained at `beta`: the same function
@@ -204,12 +239,18 @@ def execution_key(ctx: GradingContext, notebook: Path) -> str:
     )
 
 
-def run_execution(ctx: GradingContext, notebook: Path, out: Path) -> ExecutionResult:
-    """Execute one notebook in a fresh scratch directory, or reuse a finished run of the same key."""
+def run_execution(ctx: GradingContext, notebook: Path, out: Path, key: str | None = None,
+                  invalid: str | None = None, options: GradeOptions | None = None) -> ExecutionResult:
+    """Execute one notebook in a fresh scratch directory, or reuse a finished run of the same key.
+    invalid: why the submitting machine could not read the notebook (a cluster job gets no file);
+    options: the job's (its timeouts), default the context's."""
     from . import sandbox
     from .execute import execute_notebook
 
-    key = execution_key(ctx, notebook)
+    if invalid is not None:
+        return ExecutionResult(status="invalid", errors=[invalid])
+    key = key or execution_key(ctx, notebook)
+    options = options or ctx.options
     keep_submission(notebook, out)
     record = out / "execution.json"
     if record.exists():
@@ -225,7 +266,7 @@ def run_execution(ctx: GradingContext, notebook: Path, out: Path) -> ExecutionRe
         result = execute_notebook(
             notebook, scratch, dict(ctx.params), config=ctx.config, data_dir=ctx.data_dir,
             probe_code=export_code(ctx.config),
-            cell_timeout=ctx.options.cell_timeout, notebook_timeout=ctx.options.notebook_timeout,
+            cell_timeout=options.cell_timeout, notebook_timeout=options.notebook_timeout,
             threads=ctx.config.limits.threads,
         )
         _take_out_of_scratch(ctx, scratch, out, result)
@@ -390,27 +431,257 @@ def _cached_result(out: Path, key: str) -> SubmissionResult | None:
     return result if result.cache_key == key else None
 
 
-def grade_one(ctx: GradingContext, notebook: Path, execution: ExecutionResult) -> SubmissionResult:
-    out = ctx.options.out_dir / output_name(notebook)
-    key = result_key(ctx, notebook)
-    result = _cached_result(out, key)
-    if result is None:
-        result = evaluate(ctx, notebook, execution, out)
-        result.cache_key = key
-        result.graded_at = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        atomic.write_text(out / "result.json", result.model_dump_json(indent=1))
-    from .report import report_is_current, submission_marking, write_report
+class JobSpec(BaseModel):
+    """One submission's job: everything a worker process needs besides what it loads from the cache.
+    Small and picklable: it crosses a pipe to a local worker, or the network to a cluster's."""
 
-    # The answers go into the marking database as they are graded (a regrade keeps the marks and
-    # flags those whose answer changed), and a marked answer's PDF shows its mark.
-    marking = submission_marking(ctx.marks, out.name, result) if ctx.marks is not None else None
-    if ctx.options.pdf and not report_is_current(out, marking):
+    notebook: Path                 # the submission (on a cluster worker: a name only, the bytes below)
+    folder: str                    # its folder's name in OUT
+    out_dir: Path | None           # the folder to grade into; None: a temporary one whose files come back
+    options: GradeOptions          # the run's options (parameters, timeouts, config path, pdf)
+    execution_key: str             # the cache keys, computed by the main process
+    result_key: str
+    marks: dict[str, Mark] = {}    # the staff's marks of this submission so far, by question: drawn in its PDF
+    rubric: dict[int, RubricItem] = {}
+    slot_index: int | None = None  # the local worker's index in its pool: its slot (device) among the run's
+    notebook_bytes: bytes | None = None   # cluster: the submission as read on the submitting machine
+    invalid: str | None = None     # cluster: why the submitting machine could not read it
+    seed_files: dict[str, bytes] = {}     # cluster: the folder's files from an earlier run, reused when current
+
+
+class JobOutcome(BaseModel):
+    """What a job returns: the result; a failure of the grader itself (not of the notebook), so
+    the batch can tell "no notebook could be graded" from bad notebooks; and, for a job that
+    graded into a temporary folder, the folder's files (relative path -> bytes)."""
+
+    result: SubmissionResult
+    failure: str | None = None
+    files: dict[str, bytes] = {}
+
+
+_contexts: dict[str, GradingContext] = {}
+MAX_CONTEXTS = 2   # a worker serving batches of other parameters or configs keeps the newest
+
+
+def _worker_log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def context_key(options: GradeOptions) -> str:
+    """What a GradingContext depends on: the config's content and the parameters (not the output
+    folder or the timeouts, which each job brings)."""
+    config = load_config(options.config_path)
+    return _digest(config.digest, str(options.config_path), options.overrides, options.preset, str(options.data_dir))
+
+
+def worker_context(options: GradeOptions) -> GradingContext:
+    """This process's GradingContext for the run: built once (data, classifier and reference all
+    through the cached, file-locked functions), then reused by every job of the run."""
+    key = context_key(options)
+    if key not in _contexts:
+        while len(_contexts) >= MAX_CONTEXTS:
+            _contexts.pop(next(iter(_contexts)))
+        _contexts[key] = prepare(options, _worker_log)
+    return _contexts[key]
+
+
+def grade_job(spec: JobSpec) -> JobOutcome:
+    """One submission, start to end, in whatever process runs it. A failure of the grader on
+    this notebook (the sandbox would not start, a figure could not be drawn) is recorded in its
+    result and left uncached, so a rerun tries again."""
+    ctx = worker_context(spec.options)
+    with _job_folder(spec) as (notebook, out):
+        outcome = _grade_in(ctx, spec, notebook, out)
+        if spec.out_dir is None:
+            outcome.files = folder_files(out)
+    return outcome
+
+
+@contextlib.contextmanager
+def _job_folder(spec: JobSpec) -> Iterator[tuple[Path, Path]]:
+    """(notebook, out folder): the real ones, or a temporary copy of both on a cluster worker."""
+    if spec.out_dir is not None:
+        yield spec.notebook, spec.out_dir
+        return
+    root = Path(tempfile.mkdtemp(prefix="grader.job-"))
+    try:
+        notebook, out = root / "in" / spec.notebook.name, root / "out" / spec.folder
+        notebook.parent.mkdir()
+        out.mkdir(parents=True)
+        if spec.notebook_bytes is not None:
+            notebook.write_bytes(spec.notebook_bytes)
+        for name, data in spec.seed_files.items():
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            (out / name).write_bytes(data)
+        yield notebook, out
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def folder_files(folder: Path) -> dict[str, bytes]:
+    """Every regular file under folder (links and special files left out), by relative path."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.is_symlink()}
+
+
+def _grade_in(ctx: GradingContext, spec: JobSpec, notebook: Path, out: Path) -> JobOutcome:
+    failure = None
+    try:
+        execution = run_execution(ctx, notebook, out, spec.execution_key, spec.invalid, spec.options)
+    except Exception as exc:
+        failure = f"{notebook.name}: {type(exc).__name__}: {exc}"
+        execution = _crashed_result(notebook, exc)
+    try:
+        result = _cached_result(out, spec.result_key)
+        if result is None:
+            result = evaluate(ctx, notebook, execution, out)
+            result.cache_key = spec.result_key
+            result.graded_at = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+            atomic.write_text(out / "result.json", result.model_dump_json(indent=1))
+        if spec.options.pdf:
+            _draw_report(ctx, spec, out, result)
+    except Exception as exc:
+        problem = f"{notebook.name}: the grader failed while evaluating it: {type(exc).__name__}: {exc}"
+        ctx.log(problem)
+        result = SubmissionResult(
+            submission=notebook.stem, status=execution.status, max_score=ctx.config.max_auto_points,
+            answer_points_pending=ctx.config.max_answer_points, overrides=ctx.overrides,
+            parameters=ctx.params, cells=execution.cells, errors=[*execution.errors, problem],
+            grader_version=__version__, device=execution.device or ctx.device,
+        )
+        atomic.write_text(out / "result.json", result.model_dump_json(indent=1))
+        failure = failure or problem
+    return JobOutcome(result=result, failure=failure)
+
+
+def _draw_report(ctx: GradingContext, spec: JobSpec, out: Path, result: SubmissionResult) -> None:
+    """The PDF with the staff's marks as the main process read them before the job. Syncing
+    this result's answers may yet flag a mark stale; the main process then redraws it."""
+    from .marking.final import final_grade
+    from .report import report_is_current, report_marking, write_report
+
+    marks = {question: {result.submission: mark} for question, mark in spec.marks.items()}
+    marking = report_marking(final_grade(result, marks, ctx.config), spec.rubric)
+    if not report_is_current(out, marking):
         write_report(result, out, ctx.config, marking)
-    return result
 
 
 def _crashed_result(notebook: Path, exc: BaseException) -> ExecutionResult:
     return ExecutionResult(status="crashed", errors=[f"the grader could not run {notebook.name}: {type(exc).__name__}: {exc}"])
+
+
+# --- the main process: plan, schedule, collect -----------------------------------------------
+
+
+def job_spec(plan: RunPlan, notebook: Path, marks: dict[str, dict[str, Mark]], rubric: dict[int, RubricItem],
+             remote: bool) -> JobSpec:
+    """A notebook's job; remote: for a worker that shares no file system with this machine."""
+    folder = output_name(notebook)
+    spec = JobSpec(
+        notebook=notebook, folder=folder, out_dir=None if remote else plan.options.out_dir / folder,
+        options=plan.options, execution_key=execution_key(plan, notebook), result_key=result_key(plan, notebook),
+        marks={q: by_sub[notebook.stem] for q, by_sub in marks.items() if notebook.stem in by_sub}, rubric=rubric,
+    )
+    if remote:
+        from .execute import NotebookInvalid, read_submission
+
+        try:
+            spec.notebook_bytes = read_submission(notebook)
+        except NotebookInvalid as exc:
+            spec.invalid = str(exc)
+        spec.seed_files = _seed_files(plan.options.out_dir / folder)
+    return spec
+
+
+MAX_SEED_BYTES = 256 << 20
+
+
+def _seed_files(folder: Path) -> dict[str, bytes]:
+    """An earlier run's files of a submission, so that a cluster worker reuses its execution and
+    result when their keys still hold (a rubric change re-scores without re-executing)."""
+    if not folder.is_dir() or not (folder / "execution.json").is_file():
+        return {}
+    files = folder_files(folder)
+    return files if sum(map(len, files.values())) <= MAX_SEED_BYTES else {}
+
+
+def _with_slot(job, worker_index: int):
+    """A grading job fitted to the local worker it goes to (other jobs go as they are)."""
+    return job.model_copy(update={"slot_index": worker_index}) if isinstance(job, JobSpec) else job
+
+
+class LocalRunner:
+    """The jobs in this machine's pool of worker processes (each at the config's threads)."""
+
+    remote = False
+
+    def __init__(self, workers: int, threads: int) -> None:
+        from .pool import shared_pool
+
+        self.workers = workers
+        self.pool = shared_pool(workers, threads, warm=__name__)
+
+    def run(self, function, jobs: list[tuple[str, object]]):
+        return self.pool.run(function, jobs, assign=_with_slot, limit=self.workers)
+
+
+def make_runner(options: GradeOptions, jobs: int, threads: int):
+    return LocalRunner(max(1, min(options.workers, jobs)), threads)
+
+
+def write_folder(folder: Path, files: dict[str, bytes]) -> None:
+    """A cluster job's files into OUT/<folder>, each atomically: result.json first and the PDF and
+    its stamp last, so a PDF is never older than the result it was drawn from."""
+    from .report import REPORT_PDF, REPORT_STAMP
+
+    def order(name: str) -> int:
+        return 0 if name == "result.json" else 2 if name in (REPORT_PDF, REPORT_STAMP) else 1
+
+    for name in sorted(files, key=lambda n: (order(n), n)):
+        target = (folder / name).resolve()
+        if folder.resolve() not in target.parents:
+            continue   # never outside the submission's folder
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_bytes(target, files[name])
+
+
+def _died_result(plan: RunPlan, spec: JobSpec, problem: str) -> SubmissionResult:
+    return SubmissionResult(
+        submission=spec.notebook.stem, status="crashed", max_score=plan.config.max_auto_points,
+        answer_points_pending=plan.config.max_answer_points, overrides=plan.overrides,
+        parameters=plan.params, errors=[problem], grader_version=__version__,
+    )
+
+
+def _collect(plan: RunPlan, spec: JobSpec, value, store: MarkStore, log: Log) -> tuple[SubmissionResult, str | None]:
+    """A finished job's result in OUT: its files written (cluster), its answers synced into the
+    marking database, its PDF redrawn where syncing changed the marks it shows."""
+    from .pool import JobRaised, WorkerDied
+    from .report import report_is_current, submission_marking, write_report
+
+    out = plan.options.out_dir / spec.folder
+    if isinstance(value, JobRaised) and value.grader_error:
+        raise GraderError(value.message)
+    if isinstance(value, (JobRaised, WorkerDied)):
+        why = value.describe() if isinstance(value, WorkerDied) else f"{value.type_name}: {value.message}"
+        problem = f"{spec.notebook.name}: {why}"
+        log(problem + (f"\n{value.traceback}" if isinstance(value, JobRaised) else ""))
+        result, failure = _died_result(plan, spec, problem), problem
+        out.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(out / "result.json", result.model_dump_json(indent=1))   # uncached: a rerun tries again
+    else:
+        result, failure = value.result, value.failure
+        if value.files:
+            write_folder(out, value.files)
+    marking = submission_marking(store, spec.folder, result)
+    if plan.options.pdf and not report_is_current(out, marking):
+        try:
+            write_report(result, out, plan.config, marking)
+        except Exception as exc:
+            problem = f"{spec.notebook.name}: the grader could not draw its report: {type(exc).__name__}: {exc}"
+            log(problem)
+            failure = failure or problem
+    return result, failure
 
 
 def grade_submissions(
@@ -418,67 +689,44 @@ def grade_submissions(
 ) -> list[SubmissionResult]:
     from tqdm import tqdm
 
+    from .report import class_marking, rubric_items, write_gradebook
+
     notebooks = discover(submissions)
     options.out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    ctx = prepare(options, log)
-    from .report import class_marking, write_gradebook
-
-    ctx.marks = MarkStore(options.out_dir, ctx.config)
+    config = load_config(options.config_path)
+    runner = make_runner(options, len(notebooks), config.limits.threads)   # the workers start loading now
+    plan = plan_run(options)
+    store = MarkStore(options.out_dir, plan.config)
+    marks, rubric = store.all_marks(), rubric_items(store)
+    specs = {spec.folder: spec for spec in (job_spec(plan, nb, marks, rubric, runner.remote) for nb in notebooks)}
     results: list[SubmissionResult] = []
     folders: list[tuple[str, SubmissionResult]] = []
-    grader_failures: list[str] = []
-    with ThreadPoolExecutor(max_workers=options.workers) as pool, tqdm(
-        total=len(notebooks), desc="grading", unit="nb", file=sys.stderr
-    ) as bar:
-        futures = {pool.submit(run_execution, ctx, nb, options.out_dir / output_name(nb)): nb for nb in notebooks}
-        for future in as_completed(futures):
-            notebook = futures[future]
-            result = _grade_safely(ctx, notebook, future, grader_failures, log)
+    failures: list[str] = []
+    with tqdm(total=len(notebooks), desc="grading", unit="nb", file=sys.stderr) as bar:
+        for folder, value in runner.run(grade_job, list(specs.items())):
+            result, failure = _collect(plan, specs[folder], value, store, log)
+            if failure:
+                failures.append(failure)
             results.append(result)
-            folders.append((output_name(notebook), result))
-            bar.set_postfix_str(f"{notebook.stem}: {result.status}")
+            folders.append((folder, result))
+            bar.set_postfix_str(f"{result.submission}: {result.status}")
             bar.update()
     results.sort(key=lambda r: r.submission)
-    marking = class_marking(ctx.marks, folders)   # every answer synced, failed evaluations too
-    write_gradebook(options.out_dir / GRADEBOOK_CSV, results, ctx.config, marking)
+    marking = class_marking(store, folders)   # every answer synced, failed evaluations too
+    write_gradebook(options.out_dir / GRADEBOOK_CSV, results, plan.config, marking)
     if options.pdf:
         from .report import render_summary
 
-        render_summary(results, options.out_dir, ctx.config, marking)
+        render_summary(results, options.out_dir, plan.config, marking)
     if print_table:
-        print_summary(results, ctx, time.monotonic() - started)
-    if grader_failures and len(grader_failures) == len(notebooks):
-        raise GraderError(f"the grader could not grade any notebook; the first problem: {grader_failures[0]}")
+        print_summary(results, plan, time.monotonic() - started)
+    if failures and len(failures) == len(notebooks):
+        raise GraderError(f"the grader could not grade any notebook; the first problem: {failures[0]}")
     return results
 
 
-def _grade_safely(ctx: GradingContext, notebook: Path, future, failures: list[str], log: Log) -> SubmissionResult:
-    """One notebook's result, whatever went wrong: a failure of the grader itself (the sandbox
-    would not start, a figure could not be drawn) is recorded in that notebook's result and left
-    uncached, so a rerun tries again, and the batch goes on."""
-    try:
-        execution = future.result()
-    except Exception as exc:
-        failures.append(f"{notebook.name}: {type(exc).__name__}: {exc}")
-        execution = _crashed_result(notebook, exc)
-    try:
-        return grade_one(ctx, notebook, execution)
-    except Exception as exc:
-        problem = f"{notebook.name}: the grader failed while evaluating it: {type(exc).__name__}: {exc}"
-        failures.append(problem)
-        log(problem)
-        result = SubmissionResult(
-            submission=notebook.stem, status=execution.status, max_score=ctx.config.max_auto_points,
-            answer_points_pending=ctx.config.max_answer_points, overrides=ctx.overrides,
-            parameters=ctx.params, cells=execution.cells, errors=[*execution.errors, problem],
-            grader_version=__version__, device=execution.device or ctx.device,
-        )
-        atomic.write_text(ctx.options.out_dir / output_name(notebook) / "result.json", result.model_dump_json(indent=1))
-        return result
-
-
-def print_summary(results: list[SubmissionResult], ctx: GradingContext, seconds: float) -> None:
+def print_summary(results: list[SubmissionResult], ctx: RunPlan | GradingContext, seconds: float) -> None:
     from rich.console import Console
     from rich.table import Table
 

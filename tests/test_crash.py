@@ -47,6 +47,20 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is pid (the grader's worker processes)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
 def test_kill_9_mid_batch_then_the_same_command_gives_the_uninterrupted_gradebook(tmp_path):
     folder = tmp_path / "submissions"
     folder.mkdir()
@@ -63,13 +77,14 @@ def test_kill_9_mid_batch_then_the_same_command_gives_the_uninterrupted_gradeboo
         time.sleep(0.2)
     assert list(out.glob("*/execution.json")), "the batch never got going"
     time.sleep(1.0)  # mid-way through the next notebook
+    tags = [f"grader-{pid}." for pid in [grader.pid, *children(grader.pid)]]   # the workers make the dirs
     os.killpg(grader.pid, signal.SIGKILL)
     grader.wait()
-    tag = f"grader-{grader.pid}."
-    left = [p for p in Path(tempfile.gettempdir()).glob(f"{tag}*")]
+    left = [p for tag in tags for p in Path(tempfile.gettempdir()).glob(f"{tag}*")]
     assert left, "a killed run leaves its scratch and runtime directories (what the next run must remove)"
     time.sleep(2.0)
-    assert processes_mentioning(tag) == []                 # no kernel, sandbox or bwrap survives
+    for tag in tags:
+        assert processes_mentioning(tag) == []             # no kernel, sandbox or bwrap survives
     assert not (out / "gradebook.csv").exists()
 
     subprocess.run(grade_command(folder, out), check=True, capture_output=True, timeout=600)
@@ -80,3 +95,37 @@ def test_kill_9_mid_batch_then_the_same_command_gives_the_uninterrupted_gradeboo
         json.loads(result.read_text())                     # no half-written file
     assert not list(out.rglob(".*.tmp"))                   # no temporary file of the atomic writes
     assert [p for p in left if p.exists()] == []           # the killed run's scratch and keys are gone
+
+
+def test_a_worker_killed_mid_job_costs_that_notebook_only(tmp_path):
+    """kill -9 of the worker process grading one notebook: that notebook is `crashed` with the
+    reason, a fresh worker takes the slot, the others are graded and the batch writes its gradebook."""
+    folder = tmp_path / "submissions"
+    folder.mkdir()
+    nbformat.write(slow_notebook(0, 1), folder / "before.ipynb")
+    nbformat.write(slow_notebook(60, 2), folder / "victim.ipynb")
+    nbformat.write(slow_notebook(0, 3), folder / "after.ipynb")
+    out = tmp_path / "out"
+    grader = subprocess.Popen(grade_command(folder, out), start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    scratch = []
+    while not scratch and time.monotonic() < deadline:   # the victim's scratch dir names its worker
+        scratch = list(Path(tempfile.gettempdir()).glob("grader-*-victim-*"))
+        time.sleep(0.2)
+    assert scratch, "the victim never started"
+    worker = int(scratch[0].name.split("-")[1].split(".")[0])
+    assert worker in children(grader.pid)
+    time.sleep(1.0)
+    os.kill(worker, signal.SIGKILL)
+    _, stderr = grader.communicate(timeout=600)
+    assert grader.returncode == 0, stderr
+    statuses = {r.split(",")[0]: r.split(",")[1] for r in (out / "gradebook.csv").read_text().splitlines()[1:]}
+    assert statuses == {"after": "graded", "before": "graded", "victim": "crashed"}
+    victim = json.loads((out / "victim" / "result.json").read_text())
+    assert any(f"worker process (pid {worker}) died while running it (killed by SIGKILL)" in e
+               for e in victim["errors"]), victim["errors"]
+    assert victim["cache_key"] == ""                       # not cached: the next run grades it again
+    assert (out / "victim" / "report.pdf").is_file()
+    time.sleep(1.0)
+    assert processes_mentioning(f"grader-{worker}.") == []   # the dead worker's kernel went with it
