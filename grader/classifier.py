@@ -115,29 +115,43 @@ def _is_max_pool_2x2(layer: nn.Module | None) -> bool:
             and not layer.ceil_mode and not layer.return_indices)
 
 
-def _max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+def _pool_2x2(x: torch.Tensor, pick=torch.maximum) -> torch.Tensor:
     """nn.MaxPool2d(2) of [B, C, H, W] (an odd last row or column dropped, as it does), as two
-    elementwise maxima: the same values, about 15x faster than CPU max_pool2d on these sizes."""
+    elementwise maxima (or minima, pick=torch.minimum): the same values, about 15x faster than
+    CPU max_pool2d on these sizes."""
     x = x[:, :, : x.shape[2] // 2 * 2, : x.shape[3] // 2 * 2]
-    rows = torch.maximum(x[:, :, 0::2], x[:, :, 1::2])
-    return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+    rows = pick(x[:, :, 0::2], x[:, :, 1::2])
+    return pick(rows[..., 0::2], rows[..., 1::2])
+
+
+def _pool_before_batch_norm(norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """The 2x2 max pool of norm(x), computed as norm of a pool of x: in eval mode batch norm is
+    x * a + b per channel with the sign of a the sign of its weight, and rounding keeps that
+    monotone, so the max of norm(x) is norm of the max where a >= 0, of the min where a < 0."""
+    rising = _pool_2x2(x)
+    if norm.weight is not None and bool((norm.weight < 0).any()):
+        falling = (norm.weight < 0).view(1, -1, 1, 1)
+        rising = torch.where(falling, _pool_2x2(x, torch.minimum), rising)
+    return norm(rising)
 
 
 def _inference_features(model: MnistClassifier, x: torch.Tensor) -> torch.Tensor:
-    """model.features(x) in eval mode, bit for bit, in about two thirds of the CPU time: each
-    2x2 max pool is done as elementwise maxima, and a ReLU before one is applied after it
-    (max and ReLU commute exactly) on a quarter of the values. Inference only: max_pool2d's
+    """model.features(x) in eval mode, bit for bit (tested), in about half the CPU time: each
+    [batch norm -> ReLU -> 2x2 max pool] runs as pool -> batch norm -> ReLU on a quarter of the
+    values (max commutes with ReLU exactly, and with a channel's monotone affine batch norm, see
+    _pool_before_batch_norm), the pool as elementwise maxima. Inference only: max_pool2d's
     gradient picks one of tied inputs where maximum's splits it, so training keeps the modules."""
     layers = list(model.body)
     x = model._as_images(x)
     index = 0
     while index < len(layers):
-        layer = layers[index]
-        following = layers[index + 1] if index + 1 < len(layers) else None
-        if isinstance(layer, nn.ReLU) and _is_max_pool_2x2(following):
-            x, index = torch.relu(_max_pool_2x2(x)), index + 2
+        block = layers[index : index + 3]
+        if (len(block) == 3 and isinstance(block[0], nn.BatchNorm2d) and not block[0].training
+                and isinstance(block[1], nn.ReLU) and _is_max_pool_2x2(block[2])):
+            x, index = torch.relu(_pool_before_batch_norm(block[0], x)), index + 3
             continue
-        x = _max_pool_2x2(x) if _is_max_pool_2x2(layer) else layer(x)
+        layer = layers[index]
+        x = _pool_2x2(x) if _is_max_pool_2x2(layer) else layer(x)
         index += 1
     return x
 

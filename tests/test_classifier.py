@@ -106,16 +106,23 @@ def test_classify_shapes_flat_input_and_determinism(shipped, test_slice):
 
 
 def test_inference_path_gives_the_modules_features_bit_for_bit(shipped, test_slice):
-    """classify pools by elementwise maxima with the ReLU after the pool: the same bits as the
-    modules' own forward, on real digits and on noisy blobs like a poor decoder's."""
+    """classify pools first (elementwise maxima, then batch norm and ReLU on the pooled values):
+    the same bits as the modules' own forward, on real digits and on noisy blobs like a poor
+    decoder's, also where a batch norm's weight is negative (its pool is a minimum then)."""
+    flipped = MnistClassifier()
+    flipped.load_state_dict(shipped.state_dict())
+    with torch.no_grad():
+        flipped.body[1].weight[::3] *= -1.0           # every third channel of the first block
+        flipped.body[5].weight[1] = 0.0
     blobs = torch.rand(300, 1, 28, 28, generator=torch.Generator().manual_seed(0)) ** 3
-    for images in (test_slice[0][:500], blobs):
-        with torch.no_grad():
-            expected = shipped.eval().features(images)
-            probs = torch.softmax(shipped.head(expected), dim=1)
-        out = classify(shipped, images)
-        assert torch.equal(out.features.view(torch.int32), expected.view(torch.int32))   # -0.0 too
-        assert torch.equal(out.probs, probs)
+    for model in (shipped, flipped.eval()):
+        for images in (test_slice[0][:500], blobs):
+            with torch.no_grad():
+                expected = model.eval().features(images)
+                probs = torch.softmax(model.head(expected), dim=1)
+            out = classify(model, images)
+            assert torch.equal(out.features.view(torch.int32), expected.view(torch.int32))   # -0.0 too
+            assert torch.equal(out.probs, probs)
 
 
 def test_test_set_statistics_are_cached_per_classifier_and_images(shipped, test_slice, tmp_path, monkeypatch):
