@@ -649,7 +649,9 @@ def build_report_html(
 
 def html_to_pdf(html: str, path: Path) -> Path:
     """Print HTML to a PDF file atomically; only data: URLs are ever fetched."""
-    pdf = HTML(string=html, base_url=None, url_fetcher=DataOnlyFetcher()).write_pdf()
+    # hinting=True keeps the fonts' hinting tables when WeasyPrint subsets them: stripping them is
+    # about 0.13 s of a report's ~0.85 s on one CPU; the PDF is ~12% (30 KB) bigger, its glyphs the same.
+    pdf = HTML(string=html, base_url=None, url_fetcher=DataOnlyFetcher()).write_pdf(hinting=True)
     try:
         atomic.write_bytes(Path(path), pdf)
         return Path(path)
