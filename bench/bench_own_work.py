@@ -29,7 +29,8 @@ sample; CPU seconds, median of 3; the unit checker's wall seconds, its CPU is no
       memorisation search             0.65     0.21   pruned by a coarse lower bound: same share
     figures                           4.73     0.23   PIL grids (2-6 ms each) instead of matplotlib
       classifier for captions         0.06     0      reused from measuring
-    PDF: HTML + WeasyPrint            1.15     1.0-1.3  text layout of 10-11 pages: content-bound
+    PDF: HTML + WeasyPrint            1.15     0.7-1.1  fonts' hinting kept; the rest is text layout
+                                                      of 10 pages (was 11): content-bound
     in-process total                  9.38     3.29
     figures                        534 KiB  244 KiB   report.pdf 441 -> 265 KiB
 """
@@ -60,6 +61,22 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SAMPLE = Path("/tmp/fresh/out/correct")
 SAMPLE_FILES = ("weights.npz", "probe.json", "unit.json", "unit.npz", "execution.json")
 GOAL_SECONDS = 5.0
+# CPU seconds per stage at commit 70a8959, before this bench's optimisations (the table above),
+# printed beside each run's figures; the unit checks' are wall seconds.
+BEFORE = {
+    "load the classifier": 0.015, "judge (classifier, test statistics, image bank)": 7.458,
+    "judge (classifier, test statistics, image bank) / test-set features": 6.137,
+    "reference models (cache)": 0.085,
+    "unit checks (sandboxed process)": 4.764, "read notebook": 0.004, "probe the rebuilt models": 0.202,
+    "measure": 3.247, "measure / classifier": 2.547, "measure / feature statistics": 0.011,
+    "measure / Fréchet distance": 0.010, "measure / memorisation search": 0.650, "score": 0.0,
+    "answers": 0.004, "figures": 4.728, "figures / classifier": 0.057,
+    "figures / reconstructions_png": 2.067, "figures / reconstructions_png / _rows_png": 2.066,
+    "figures / samples_png": 1.144, "figures / samples_png / image_grid_png": 1.144,
+    "figures / interpolation_png": 1.328, "figures / interpolation_png / _rows_png": 1.328,
+    "figures / training_curves_png": 0.129, "PDF: HTML": 0.035, "PDF: WeasyPrint": 1.116,
+    "everything else": 0.003,
+}
 
 
 def cpu_seconds() -> float:
@@ -192,16 +209,19 @@ def compare(ctx, out: Path, workdir: Path) -> int:
     return differing
 
 
-def print_table(title: str, rows: list[tuple], total: tuple[float, float] | None = None) -> None:
-    """rows: (stage path, calls, wall seconds, CPU seconds)."""
+def print_table(title: str, rows: list[tuple], total: tuple[float, float] | None = None,
+                before_total: float | None = None) -> None:
+    """rows: (stage path, calls, wall seconds, CPU seconds), beside BEFORE's CPU seconds."""
     print(f"\n{title}")
-    print(f"  {'stage':<52} {'calls':>5} {'wall s':>8} {'CPU s':>8}")
+    print(f"  {'stage':<52} {'calls':>5} {'wall s':>8} {'CPU s':>8} {'before':>8}")
     for key, calls, seconds, cpu in rows:
         depth = key.count(" / ")
         label = "  " * depth + key.rsplit(" / ", 1)[-1]
-        print(f"  {label:<52} {calls:>5} {seconds:>8.3f} {cpu:>8.3f}")
+        before = f"{BEFORE[key]:>8.3f}" if key in BEFORE else f"{'-':>8}"
+        print(f"  {label:<52} {calls:>5} {seconds:>8.3f} {cpu:>8.3f} {before}")
     if total is not None:
-        print(f"  {'total':<52} {'':>5} {total[0]:>8.3f} {total[1]:>8.3f}")
+        before = f"{before_total:>8.3f}" if before_total is not None else ""
+        print(f"  {'total':<52} {'':>5} {total[0]:>8.3f} {total[1]:>8.3f} {before}")
 
 
 def main() -> None:
@@ -250,7 +270,7 @@ def main() -> None:
         one_notebook(ctx, notebook, folder, not args.no_unit_checks)   # warm-up: per-run caches filled
         warm_up = (time.perf_counter() - start, cpu_seconds() - start_cpu)
         print(f"sample {sample} at preset {args.preset}, torch threads {torch.get_num_threads()}")
-        print_table("per run (grade.prepare, in this process)", rows, prepared)
+        print_table("per run (grade.prepare, in this process)", rows, prepared, 7.959)
         print(f"\nfirst notebook of the run (per-run caches filled): {warm_up[0]:.3f} s wall, {warm_up[1]:.3f} s CPU")
 
         per_repeat: list[tuple[dict[str, float], dict[str, float]]] = []
@@ -273,7 +293,7 @@ def main() -> None:
         rows = [(k, calls.get(k, 0), median(0, k), median(1, k)) for k in timer.order if k in calls]
         rows.append(("everything else", 1, rest(0), rest(1)))
         total = (statistics.median(t[0] for t in totals), statistics.median(t[1] for t in totals))
-        print_table(f"per notebook, warm (median of {args.repeats})", rows, total)
+        print_table(f"per notebook, warm (median of {args.repeats})", rows, total, 9.425)
         unit = "unit checks (sandboxed process)"
         own = total[1] - median(1, unit) + median(0, unit)
         print(f"\nthe unit checker runs in a new pid namespace, so its CPU time is not counted above: its wall"
