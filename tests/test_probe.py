@@ -179,6 +179,21 @@ def test_definitions_keep_imports_defs_and_constants_not_training():
     assert [d["cell"] for d in definitions(nb) if "def kl_divergence" in d["source"]] == [1, 2]
 
 
+def test_definitions_for_roots_keep_only_what_the_checked_functions_need():
+    nb = new_notebook(cells=[
+        new_code_cell("import math\nimport torchvision\nimport matplotlib.pyplot as plt\nimport torch.nn.functional as F"),
+        new_code_cell("SCALE = 0.5\nUNUSED = 3\ndef helper(x):\n    return F.softplus(x) * SCALE"),
+        new_code_cell("def kl_divergence(mu, log_sigma):\n    return helper(mu).sum(1) + math.pi"),
+        new_code_cell("def plot(images):\n    plt.imshow(torchvision.utils.make_grid(images))"),
+        new_code_cell("from mylib import *"),
+    ])
+    sources = [d["source"] for d in definitions(nb, ["kl_divergence", "reparameterize"])]
+    assert sources == ["import math", "import torch.nn.functional as F", "SCALE = 0.5",
+                       sources[3], sources[4], "from mylib import *"]
+    assert sources[3].startswith("def helper") and sources[4].startswith("def kl_divergence")
+    assert len(definitions(nb)) == 10   # without roots: everything kept, as before
+
+
 @pytest.mark.skipif(not (default_data_dir() / "MNIST").exists(), reason="MNIST not provisioned")
 def test_unit_checks_run_the_notebooks_source_in_a_fresh_process(tmp_path):
     nb = new_notebook(cells=[
