@@ -126,6 +126,9 @@ def grade(
     cell_timeout: Optional[float] = typer.Option(None, "--cell-timeout", help="Seconds per cell."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds per notebook."),
     no_pdf: bool = typer.Option(False, "--no-pdf", help="Skip the PDF reports."),
+    scheduler: Optional[str] = typer.Option(
+        None, "--scheduler", help="A dask.distributed scheduler (tcp://HOST:8786): grade on its workers "
+        "(each with the grader and bubblewrap installed); results, figures and PDFs come back into OUT."),
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Grade every notebook: sandboxed run, measurement against the reference, points, PDFs."""
@@ -134,7 +137,7 @@ def grade(
     options = GradeOptions(
         out_dir=out, overrides=_overrides(parameter), preset=preset,
         workers=workers, cell_timeout=cell_timeout, notebook_timeout=timeout,
-        config_path=config, pdf=not no_pdf, kernels_per_gpu=kernels_per_gpu,
+        config_path=config, pdf=not no_pdf, kernels_per_gpu=kernels_per_gpu, scheduler=scheduler,
     )
     grade_submissions(submissions, options, log=_log)
 

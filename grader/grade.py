@@ -18,6 +18,7 @@ import hashlib
 import json
 import re
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -58,6 +59,7 @@ class GradeOptions:
     config_path: Path | None = None
     pdf: bool = True
     data_dir: Path | None = None
+    scheduler: str | None = None          # a dask.distributed scheduler's address: run the jobs there
     kernels_per_gpu: int = 1             # kernels sharing one GPU; 0: all on the CPU (grader/devices.py)
 
 
@@ -441,6 +443,7 @@ class JobSpec(BaseModel):
     options: GradeOptions          # the run's options (parameters, timeouts, config path, pdf)
     execution_key: str             # the cache keys, computed by the main process
     result_key: str
+    config_digest: str = ""        # the submitting machine's config: a worker with another one refuses
     marks: dict[str, Mark] = {}    # the staff's marks of this submission so far, by question: drawn in its PDF
     rubric: dict[int, RubricItem] = {}
     slot_index: int | None = None  # the local worker's index in its pool: its slot (device) among the run's
@@ -490,6 +493,9 @@ def grade_job(spec: JobSpec) -> JobOutcome:
     this notebook (the sandbox would not start, a figure could not be drawn) is recorded in its
     result and left uncached, so a rerun tries again."""
     ctx = worker_context(spec.options)
+    if spec.config_digest and ctx.config.digest != spec.config_digest:
+        raise GraderError(f"{socket.gethostname()}: the assignment config in {ctx.config.base_dir} differs from the submitting "
+                          "machine's; install the same config on every worker")
     with _job_folder(spec) as (notebook, out):
         outcome = _grade_in(ctx, spec, notebook, out)
         if spec.out_dir is None:
@@ -580,6 +586,7 @@ def job_spec(plan: RunPlan, notebook: Path, marks: dict[str, dict[str, Mark]], r
     spec = JobSpec(
         notebook=notebook, folder=folder, out_dir=None if remote else plan.options.out_dir / folder,
         options=plan.options, execution_key=execution_key(plan, notebook), result_key=result_key(plan, notebook),
+        config_digest=plan.config.digest,
         marks={q: by_sub[notebook.stem] for q, by_sub in marks.items() if notebook.stem in by_sub}, rubric=rubric,
     )
     if remote:
@@ -624,8 +631,16 @@ class LocalRunner:
     def run(self, function, jobs: list[tuple[str, object]]):
         return self.pool.run(function, jobs, assign=_with_slot, limit=self.workers)
 
+    def close(self) -> None:
+        pass   # the pool stays for this process's next batch (closed at exit)
+
 
 def make_runner(options: GradeOptions, jobs: int, threads: int):
+    """Where the jobs run: on the cluster behind --scheduler, else in this machine's worker pool."""
+    if options.scheduler:
+        from .cluster import ClusterRunner
+
+        return ClusterRunner(options.scheduler)
     return LocalRunner(max(1, min(options.workers, jobs)), threads)
 
 
@@ -703,7 +718,7 @@ def grade_submissions(
     results: list[SubmissionResult] = []
     folders: list[tuple[str, SubmissionResult]] = []
     failures: list[str] = []
-    with tqdm(total=len(notebooks), desc="grading", unit="nb", file=sys.stderr) as bar:
+    with contextlib.closing(runner), tqdm(total=len(notebooks), desc="grading", unit="nb", file=sys.stderr) as bar:
         for folder, value in runner.run(grade_job, list(specs.items())):
             result, failure = _collect(plan, specs[folder], value, store, log)
             if failure:
