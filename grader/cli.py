@@ -125,6 +125,10 @@ def grade(
              "0: every kernel on the CPU. On a GPU host the workers are capped at the GPU slots."),
     cell_timeout: Optional[float] = typer.Option(None, "--cell-timeout", help="Seconds per cell."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds per notebook."),
+    timeout_factor: Optional[float] = typer.Option(
+        None, "--timeout-factor", help="Instead of --timeout: each notebook may take F x the solution notebook's own "
+        "run time (reference/solution.ipynb, run the same sandboxed way at the same parameters on this host; "
+        "measured once, then cached per parameters, host and versions). F >= 1."),
     no_pdf: bool = typer.Option(False, "--no-pdf", help="Skip the PDF reports."),
     scheduler: Optional[str] = typer.Option(
         None, "--scheduler", help="A dask.distributed scheduler (tcp://HOST:8786): grade on its workers "
@@ -138,6 +142,7 @@ def grade(
         out_dir=out, overrides=_overrides(parameter), preset=preset,
         workers=workers, cell_timeout=cell_timeout, notebook_timeout=timeout,
         config_path=config, pdf=not no_pdf, kernels_per_gpu=kernels_per_gpu, scheduler=scheduler,
+        timeout_factor=timeout_factor,
     )
     grade_submissions(submissions, options, log=_log)
 

@@ -60,6 +60,7 @@ class GradeOptions:
     pdf: bool = True
     data_dir: Path | None = None
     scheduler: str | None = None          # a dask.distributed scheduler's address: run the jobs there
+    timeout_factor: float | None = None   # each notebook's limit: this × the solution's own run time
     kernels_per_gpu: int = 1             # kernels sharing one GPU; 0: all on the CPU (grader/devices.py)
 
 
@@ -704,13 +705,18 @@ def grade_submissions(
 ) -> list[SubmissionResult]:
     from tqdm import tqdm
 
-    from .report import class_marking, rubric_items, write_gradebook
-
     notebooks = discover(submissions)
     options.out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     config = load_config(options.config_path)
+    if options.timeout_factor is not None:
+        from .timing import apply_timeout_factor, check_timeout_factor
+
+        check_timeout_factor(options)
     runner = make_runner(options, len(notebooks), config.limits.threads)   # the workers start loading now
+    if options.timeout_factor is not None:
+        options = apply_timeout_factor(options, runner, log)   # the solution timed in a worker, or cached
+    from .report import class_marking, rubric_items, write_gradebook   # 3 s of imports, while the workers start
     plan = plan_run(options)
     store = MarkStore(options.out_dir, plan.config)
     marks, rubric = store.all_marks(), rubric_items(store)
