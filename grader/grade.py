@@ -34,6 +34,7 @@ from pydantic import BaseModel
 
 from . import __version__, atomic, versioning
 from .config import AssignmentConfig, load_config
+from .devices import Slot
 from .errors import GraderError
 from .marking.store import DB_NAME, MarkStore
 from .probe import VALUES_FILE, WEIGHTS_FILE, KernelExport, ProbeData, ProbeInputs, export_code, load_export, probe_models
@@ -243,10 +244,12 @@ def execution_key(ctx: GradingContext, notebook: Path) -> str:
 
 
 def run_execution(ctx: GradingContext, notebook: Path, out: Path, key: str | None = None,
-                  invalid: str | None = None, options: GradeOptions | None = None) -> ExecutionResult:
+                  invalid: str | None = None, options: GradeOptions | None = None,
+                  slot: Slot | None = None) -> ExecutionResult:
     """Execute one notebook in a fresh scratch directory, or reuse a finished run of the same key.
     invalid: why the submitting machine could not read the notebook (a cluster job gets no file);
-    options: the job's (its timeouts), default the context's."""
+    options: the job's (its timeouts), default the context's; slot: the device its kernel gets
+    (None: the CPU)."""
     from . import sandbox
     from .execute import execute_notebook
 
@@ -270,7 +273,7 @@ def run_execution(ctx: GradingContext, notebook: Path, out: Path, key: str | Non
             notebook, scratch, dict(ctx.params), config=ctx.config, data_dir=ctx.data_dir,
             probe_code=export_code(ctx.config),
             cell_timeout=options.cell_timeout, notebook_timeout=options.notebook_timeout,
-            threads=ctx.config.limits.threads,
+            threads=ctx.config.limits.threads, slot=slot,
         )
         _take_out_of_scratch(ctx, scratch, out, result)
         if result.status != "invalid":
@@ -447,7 +450,7 @@ class JobSpec(BaseModel):
     config_digest: str = ""        # the submitting machine's config: a worker with another one refuses
     marks: dict[str, Mark] = {}    # the staff's marks of this submission so far, by question: drawn in its PDF
     rubric: dict[int, RubricItem] = {}
-    slot_index: int | None = None  # the local worker's index in its pool: its slot (device) among the run's
+    slot: Slot | None = None       # the local worker's slot (grader/devices.py): the device its kernels get
     notebook_bytes: bytes | None = None   # cluster: the submission as read on the submitting machine
     invalid: str | None = None     # cluster: why the submitting machine could not read it
     seed_files: dict[str, bytes] = {}     # cluster: the folder's files from an earlier run, reused when current
@@ -534,7 +537,7 @@ def folder_files(folder: Path) -> dict[str, bytes]:
 def _grade_in(ctx: GradingContext, spec: JobSpec, notebook: Path, out: Path) -> JobOutcome:
     failure = None
     try:
-        execution = run_execution(ctx, notebook, out, spec.execution_key, spec.invalid, spec.options)
+        execution = run_execution(ctx, notebook, out, spec.execution_key, spec.invalid, spec.options, spec.slot)
     except Exception as exc:
         failure = f"{notebook.name}: {type(exc).__name__}: {exc}"
         execution = _crashed_result(notebook, exc)
@@ -613,36 +616,42 @@ def _seed_files(folder: Path) -> dict[str, bytes]:
     return files if sum(map(len, files.values())) <= MAX_SEED_BYTES else {}
 
 
-def _with_slot(job, worker_index: int):
-    """A grading job fitted to the local worker it goes to (other jobs go as they are)."""
-    return job.model_copy(update={"slot_index": worker_index}) if isinstance(job, JobSpec) else job
-
-
 class LocalRunner:
-    """The jobs in this machine's pool of worker processes (each at the config's threads)."""
+    """The jobs in this machine's pool of worker processes (each at the config's threads). Worker i
+    runs its kernels in slot i (grader/devices.py): a GPU share on a host with GPUs, else the CPU;
+    a replaced worker takes the same index, so a slot is never held twice."""
 
     remote = False
 
-    def __init__(self, workers: int, threads: int) -> None:
+    def __init__(self, workers: int, threads: int, kernels_per_gpu: int = 1, log: Log = print) -> None:
+        from .devices import describe_slots, plan_slots
         from .pool import shared_pool
 
-        self.workers = workers
-        self.pool = shared_pool(workers, threads, warm=__name__)
+        self.slots = plan_slots(workers, kernels_per_gpu)
+        log(describe_slots(self.slots, workers))
+        self.workers = len(self.slots)
+        self.pool = shared_pool(self.workers, threads, warm=__name__)
+
+    def _with_slot(self, job, worker_index: int):
+        """A grading job fitted to the local worker it goes to (other jobs go as they are)."""
+        from .devices import slot_for
+
+        return job.model_copy(update={"slot": slot_for(worker_index, self.slots)}) if isinstance(job, JobSpec) else job
 
     def run(self, function, jobs: list[tuple[str, object]]):
-        return self.pool.run(function, jobs, assign=_with_slot, limit=self.workers)
+        return self.pool.run(function, jobs, assign=self._with_slot, limit=self.workers)
 
     def close(self) -> None:
         pass   # the pool stays for this process's next batch (closed at exit)
 
 
-def make_runner(options: GradeOptions, jobs: int, threads: int):
+def make_runner(options: GradeOptions, jobs: int, threads: int, log: Log = print):
     """Where the jobs run: on the cluster behind --scheduler, else in this machine's worker pool."""
     if options.scheduler:
         from .cluster import ClusterRunner
 
         return ClusterRunner(options.scheduler)
-    return LocalRunner(max(1, min(options.workers, jobs)), threads)
+    return LocalRunner(max(1, min(options.workers, jobs)), threads, options.kernels_per_gpu, log)
 
 
 def write_folder(folder: Path, files: dict[str, bytes]) -> None:
@@ -713,7 +722,7 @@ def grade_submissions(
         from .timing import apply_timeout_factor, check_timeout_factor
 
         check_timeout_factor(options)
-    runner = make_runner(options, len(notebooks), config.limits.threads)   # the workers start loading now
+    runner = make_runner(options, len(notebooks), config.limits.threads, log)   # the workers start loading now
     if options.timeout_factor is not None:
         options = apply_timeout_factor(options, runner, log)   # the solution timed in a worker, or cached
     from .report import class_marking, rubric_items, write_gradebook   # 3 s of imports, while the workers start

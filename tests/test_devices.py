@@ -284,3 +284,20 @@ def test_grade_takes_kernels_per_gpu_and_refuses_a_negative_count(tmp_path):
     assert "--kernels-per-gpu" in runner.invoke(app, ["grade", "--help"]).output
     refused = runner.invoke(app, ["grade", "submissions", "--out", str(tmp_path / "out"), "--kernels-per-gpu", "-1"])
     assert refused.exit_code == 2 and "--kernels-per-gpu" in refused.output and not (tmp_path / "out").exists()
+
+
+def test_the_local_runner_gives_each_worker_its_own_gpu_slot(monkeypatch, tmp_path):
+    """grade's worker pool: no more workers than GPU slots, and worker i's jobs carry slot i."""
+    from grader import devices
+    from grader.grade import GradeOptions, JobSpec, LocalRunner
+
+    gpus = [devices.GpuDevice(index=i, uuid=f"GPU-{i}", name="NVIDIA H200", memory_mb=143_000, minor=i)
+            for i in range(2)]
+    monkeypatch.setattr(devices, "discover_gpus", lambda *a, **k: devices.GpuInventory(devices=gpus))
+    lines = []
+    runner = LocalRunner(workers=3, threads=1, kernels_per_gpu=1, log=lines.append)
+    assert runner.workers == 2 and "2 GPU device(s)" in lines[0]
+    spec = JobSpec(notebook=tmp_path / "a.ipynb", folder="a", out_dir=tmp_path, options=GradeOptions(out_dir=tmp_path),
+                   execution_key="e", result_key="r")
+    assert [runner._with_slot(spec, i).slot.cuda_visible_devices for i in range(3)] == ["GPU-0", "GPU-1", "GPU-0"]
+    assert runner._with_slot("not a grading job", 0) == "not a grading job"
