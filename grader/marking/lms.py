@@ -55,6 +55,7 @@ from .. import atomic
 from ..config import AssignmentConfig
 from ..errors import GraderError
 from ..records import FinalGrade
+from .csvfile import read_utf8, records_by_header
 from .final import final_grades, load_results
 from .sheet import format_number, guard_cell
 from .store import MarkStore
@@ -94,8 +95,10 @@ class Matching:
 
 
 def read_roster(path: Path, fmt: str) -> list[Student]:
-    text = decode_roster(path)
-    records = csv_records(path, text)
+    text = read_utf8(path, "roster", ExportError)
+    if not text.strip():
+        raise ExportError(f"{path}: the roster is empty")
+    records = records_by_header(text, "submission") or list(csv.reader(io.StringIO(text, newline="")))
     header = [h.strip().lower() for h in records[0]]
     if "submission" not in header:
         raise ExportError(f"{path}: the roster has no `submission` column (row 1 reads {', '.join(records[0])}); "
@@ -135,31 +138,6 @@ def read_roster(path: Path, fmt: str) -> list[Student]:
 def moodle_key(students: list[Student]) -> str | None:
     """The identifier column Moodle's import should map from: the first filled in every row."""
     return next((c for c in IDENTIFIERS["moodle"] if all(s.ids.get(c) for s in students)), None)
-
-
-def decode_roster(path: Path) -> str:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ExportError(f"{path}: cannot read the roster ({exc.strerror})") from exc
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ExportError(f"{path}: the roster is not UTF-8 text (byte {exc.start}); save it as 'CSV UTF-8'") from exc
-
-
-def csv_records(path: Path, text: str) -> list[list[str]]:
-    """The roster's records, read with the delimiter its header uses (`,` or `;`)."""
-    for delimiter in (",", ";", "\t"):
-        try:
-            records = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True))
-        except csv.Error:
-            continue
-        if records and "submission" in [h.strip().lower() for h in records[0]]:
-            return records
-    if not text.strip():
-        raise ExportError(f"{path}: the roster is empty")
-    return list(csv.reader(io.StringIO(text, newline="")))
 
 
 def match_roster(students: list[Student], grades: list[FinalGrade]) -> Matching:

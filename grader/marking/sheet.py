@@ -48,6 +48,7 @@ from pathlib import Path
 from .. import atomic
 from ..config import AssignmentConfig, Question
 from ..records import Mark, RubricItem
+from .csvfile import read_utf8, records_by_header
 from .final import load_results
 from .store import MarkChange, MarkingError, MarkStore
 
@@ -60,7 +61,6 @@ TAIL_COLUMNS = [ADJUSTMENT, COMMENT, POINTS, MAX_POINTS, MARKED_BY, MARKED_AT, V
 REQUIRED_COLUMNS = [SUBMISSION, QUESTION, ADJUSTMENT, COMMENT]
 KNOWN_COLUMNS = set(HEAD_COLUMNS + TAIL_COLUMNS)
 ITEM_HEADER = re.compile(r"^\s*\[(\d+)\]")
-DELIMITERS = (",", ";", "\t")
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 MAX_LISTED_PROBLEMS = 20
 
@@ -192,42 +192,22 @@ class Sheet:
     rows: list[SheetRow]
 
 
-def read_text(path: Path) -> str:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise SheetError(f"{path}: cannot read the marking sheet ({exc.strerror})") from exc
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise SheetError(f"{path}: UTF-16 text, not a UTF-8 CSV (in Excel: Save As 'CSV UTF-8')")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise SheetError(f"{path}: not UTF-8 text (byte {exc.start}); save it as 'CSV UTF-8' "
-                         f"(Excel) or with UTF-8 encoding") from exc
-
-
-def read_records(path: Path, text: str) -> list[list[str]]:
-    """The CSV records, with the delimiter (`,`, `;` or tab) the header is written with."""
+def read_records(path: Path) -> list[list[str]]:
+    """The sheet's CSV records, with the delimiter its header is written with."""
+    text = read_utf8(path, "marking sheet", SheetError)
     if not text.strip():
         raise SheetError(f"{path}: empty file, not a marking sheet")
-    for delimiter in DELIMITERS:
-        try:
-            records = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True))
-        except csv.Error as exc:
-            if delimiter == DELIMITERS[-1]:
-                raise SheetError(f"{path}: not a readable CSV file ({exc})") from exc
-            continue
-        header = [h.strip().lower() for h in records[0]] if records else []
-        if SUBMISSION in header:
-            return records
-    first = text.splitlines()[0][:120]
-    raise SheetError(f"{path}: row 1: the header lacks the required columns {', '.join(REQUIRED_COLUMNS)} "
-                     f"(it reads {first!r}); is this a sheet written by `grader marks export`?")
+    records = records_by_header(text, SUBMISSION)
+    if records is None:
+        first = text.splitlines()[0][:120]
+        raise SheetError(f"{path}: row 1: the header lacks the required columns {', '.join(REQUIRED_COLUMNS)} "
+                         f"(it reads {first!r}); is this a sheet written by `grader marks export`?")
+    return records
 
 
 def parse_sheet(path: Path) -> Sheet:
     """The sheet's header and rows; header problems raise at once (no row can be read without it)."""
-    records = read_records(path, read_text(path))
+    records = read_records(path)
     raw_header = [unguard_cell(h.strip()) for h in records[0]]
     names = [h.lower() if h.lower() in KNOWN_COLUMNS else h for h in raw_header]
     problems = []
