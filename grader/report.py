@@ -872,17 +872,13 @@ def rerender(out_dir: Path, config: AssignmentConfig | None = None) -> list[Path
     A result.json that cannot be read is skipped and named in the ReportError raised at the
     end, after every readable one has been rendered.
     """
+    from .marking.final import load_results
+
     config = config or load_config()
     out_dir = Path(out_dir)
-    result_files = sorted(out_dir.glob(f"*/{RESULT_JSON}"))
-    if not result_files:
+    loaded, problems = load_results(out_dir)
+    if not loaded and not problems:
         raise ReportError(f"{out_dir}: no */{RESULT_JSON} to render")
-    loaded, problems = [], []
-    for result_file in result_files:
-        try:
-            loaded.append((result_file.parent.name, load_result(result_file)))
-        except ReportError as exc:
-            problems.append(str(exc))
     marking = existing_marking(out_dir, config, loaded)
     written = []
     for folder, result in loaded:

@@ -13,7 +13,7 @@ from ..config import AssignmentConfig
 from ..records import FinalGrade, Mark, SubmissionResult
 from .store import MarkStore
 
-RESULT_JSON = "result.json"
+RESULT_JSON = "result.json"   # = report.RESULT_JSON (report imports WeasyPrint; the marking store must not)
 
 
 def load_results(out_dir: Path) -> tuple[list[tuple[str, SubmissionResult]], list[str]]:
