@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import filelock
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -289,16 +288,15 @@ def feature_stats_cached(model: MnistClassifier, images: torch.Tensor,
         return _FEATURE_STATS[key]
     root = Path(cache_dir) if cache_dir is not None else paths.cache_dir() / "features"
     path = root / f"{key}.npz"
-    stats = _read_stats(path)
-    if stats is None:
-        root.mkdir(parents=True, exist_ok=True)
-        with filelock.FileLock(root / f"{key}.lock"):
-            stats = _read_stats(path)   # another worker may have written it while we waited
-            if stats is None:
-                stats = metrics.feature_stats(classify(model, images).features)
-                buffer = io.BytesIO()
-                np.savez(buffer, mean=stats.mean, cov=stats.cov, n=np.int64(stats.n))
-                atomic.write_bytes(path, buffer.getvalue())
+
+    def make() -> metrics.FeatureStats:
+        stats = metrics.feature_stats(classify(model, images).features)
+        buffer = io.BytesIO()
+        np.savez(buffer, mean=stats.mean, cov=stats.cov, n=np.int64(stats.n))
+        atomic.write_bytes(path, buffer.getvalue())
+        return stats
+
+    stats = paths.compute_once(root / f"{key}.lock", lambda _locked: _read_stats(path), make)
     _FEATURE_STATS[key] = stats
     return stats
 

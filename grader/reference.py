@@ -512,6 +512,7 @@ def build_reference(
     entry = root / key
 
     def cached(report: bool) -> ReferenceSet | None:
+        """The entry, or None; report: say that a corrupt one is retrained (asked under the lock)."""
         if not entry.exists():
             return None
         try:
@@ -521,25 +522,21 @@ def build_reference(
                 log(f"reference: cache entry {entry} is corrupt: {exc}; retraining it")
             return None
 
-    found = cached(report=False)
-    if found is not None:
-        return found
-    root.mkdir(parents=True, exist_ok=True)
-    with filelock.FileLock(root / f"{key}.lock"):
-        found = cached(report=True)  # another worker may have finished it while we waited
-        if found is not None:
-            return found
+    def train() -> ReferenceSet:
         shutil.rmtree(entry, ignore_errors=True)
-        if classifier is None:
+        judge = classifier
+        if judge is None:
             from .classifier import load_configured_classifier
 
-            classifier = load_configured_classifier(config)
-        meta, states, by_name = _train_and_measure(config, params, key_inputs, device, classifier, data_dir, log)
+            judge = load_configured_classifier(config)
+        meta, states, by_name = _train_and_measure(config, params, key_inputs, device, judge, data_dir, log)
         _save_entry(entry, meta, states)
         log(f"reference: saved {entry}")
         for model in by_name.values():
             model.eval()
         return _assemble(config, key, meta, by_name, states["mean_image"], path=entry, cache_hit=False)
+
+    return paths.compute_once(root / f"{key}.lock", cached, train)
 
 
 # --- presentation -------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-import filelock
 
 from . import __version__, atomic, paths, versioning
 from .config import AssignmentConfig, load_config
@@ -95,13 +94,15 @@ def solution_seconds(options, runner, log) -> float:
     params = config.resolve_parameters(options.overrides, options.preset)
     key = timing_key(config, params, getattr(runner, "address", None))
     root = paths.cache_dir() / TIMING_DIR
-    root.mkdir(parents=True, exist_ok=True)
     record = root / f"{key}.json"
-    with filelock.FileLock(root / f"{key}.lock"):
+
+    def read(_locked: bool) -> float | None:
         try:
             return float(json.loads(record.read_text())["seconds"])
         except (OSError, ValueError, KeyError, TypeError):
-            pass   # not measured yet (or a damaged record): measure
+            return None   # not measured yet (or a damaged record): measure
+
+    def measure() -> float:
         log(f"timing the solution notebook at {params} for --timeout-factor (once per parameters and host)")
         (_, timing), = list(runner.run(time_solution, [("solution", options)]))
         if not isinstance(timing, SolutionTiming):
@@ -112,6 +113,8 @@ def solution_seconds(options, runner, log) -> float:
         atomic.write_text(record, json.dumps({"seconds": timing.seconds, "params": params}, indent=1))
         log(f"the solution ran in {timing.seconds:.1f} s")
         return timing.seconds
+
+    return paths.compute_once(root / f"{key}.lock", read, measure)
 
 
 def _describe(value) -> str:
