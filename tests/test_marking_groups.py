@@ -153,3 +153,18 @@ def test_a_question_with_one_written_answer(tmp_path):
     write_result(out, "none", None)
     groups = answer_groups(synced(out), QUESTION)
     assert [(g.submissions, g.missing) for g in groups] == [(["none"], True), (["only"], False)]
+
+
+def test_an_older_groups_cache_without_representatives_is_recomputed(store, computations):
+    import sqlite3
+
+    first = answer_groups(store, QUESTION)
+    db = sqlite3.connect(store.path)
+    db.executescript("DROP TABLE answer_groups; CREATE TABLE answer_groups (question TEXT NOT NULL, "
+                     "submission TEXT NOT NULL, grp INTEGER NOT NULL, answers_digest TEXT NOT NULL, "
+                     "PRIMARY KEY (question, submission)); INSERT INTO answer_groups VALUES ('Q1', 's01', 2, 'x');")
+    db.close()
+    reopened = MarkStore(store.out_dir, CONFIG)          # the old cache table goes, marks stay
+    again = answer_groups(reopened, QUESTION)
+    assert computations == [QUESTION, QUESTION]
+    assert [g.model_dump() for g in again] == [g.model_dump() for g in first]

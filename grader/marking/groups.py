@@ -131,13 +131,12 @@ def answer_groups(store: MarkStore, question_id: str) -> list[AnswerGroup]:
     return groups
 
 
-# The database keeps one number per answer. Encoding: group id * 2, plus 1 on the group's
-# representative, so the representative survives without another table.
-def _to_stored(groups: list[AnswerGroup]) -> dict[str, int]:
-    return {s: g.id * 2 + (s == g.representative) for g in groups for s in g.submissions}
+def _to_stored(groups: list[AnswerGroup]) -> dict[str, tuple[int, bool]]:
+    """Submission -> (its group's id, whether it is the group's representative)."""
+    return {s: (g.id, s == g.representative) for g in groups for s in g.submissions}
 
 
-def _from_stored(question_id: str, stored: dict[str, int], answers: list[_Answer]) -> list[AnswerGroup] | None:
+def _from_stored(question_id: str, stored: dict[str, tuple[int, bool]], answers: list[_Answer]) -> list[AnswerGroup] | None:
     """The groups back from their stored numbers; None if the rows do not make whole groups
     (written by an older grader), so that they are recomputed."""
     if set(stored) != {a.submission for a in answers}:
@@ -145,10 +144,10 @@ def _from_stored(question_id: str, stored: dict[str, int], answers: list[_Answer
     blank = {a.submission for a in answers if not a.text}
     by_id: dict[int, list[str]] = {}
     representatives: dict[int, str] = {}
-    for submission, code in stored.items():
-        by_id.setdefault(code // 2, []).append(submission)
-        if code % 2:
-            representatives[code // 2] = submission
+    for submission, (group_id, representative) in stored.items():
+        by_id.setdefault(group_id, []).append(submission)
+        if representative:
+            representatives[group_id] = submission
     if set(by_id) != set(range(1, len(by_id) + 1)) or set(representatives) != set(by_id):
         return None
     return [AnswerGroup(id=gid, question=question_id, submissions=sorted(subs), representative=representatives[gid],

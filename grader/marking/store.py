@@ -59,8 +59,9 @@ CREATE TABLE IF NOT EXISTS applied (
     submission TEXT NOT NULL, question TEXT NOT NULL, item INTEGER NOT NULL REFERENCES rubric_items(id),
     marker TEXT NOT NULL, applied_at TEXT NOT NULL,
     PRIMARY KEY (submission, question, item));
-CREATE TABLE IF NOT EXISTS answer_groups (
+CREATE TABLE IF NOT EXISTS answer_groups (     -- a cache (grader.marking.groups), recomputable
     question TEXT NOT NULL, submission TEXT NOT NULL, grp INTEGER NOT NULL, answers_digest TEXT NOT NULL,
+    representative INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (question, submission));
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, marker TEXT NOT NULL,
@@ -183,6 +184,9 @@ class MarkStore:
             mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode.lower() != "wal":
                 raise MarkingError(f"{self.path}: SQLite would not use WAL mode here (got {mode})")
+            columns = {r[1] for r in db.execute("PRAGMA table_info(answer_groups)")}
+            if columns and "representative" not in columns:   # an older cache of groups: recomputed
+                db.execute("DROP TABLE answer_groups")
             db.executescript(SCHEMA)
             db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             version = int(db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
@@ -502,19 +506,21 @@ class MarkStore:
 
     # --- answer groups (computed by grader.marking.groups, stored so a page opens fast) -------
 
-    def stored_groups(self, question_id: str, answers_digest: str) -> dict[str, int] | None:
+    def stored_groups(self, question_id: str, answers_digest: str) -> dict[str, tuple[int, bool]] | None:
+        """Submission -> (group id, is the group's representative), if stored for these answers."""
         with self._read() as db:
-            rows = db.execute("SELECT submission, grp, answers_digest FROM answer_groups WHERE question = ?",
-                              (question_id,)).fetchall()
+            rows = db.execute("SELECT submission, grp, representative, answers_digest FROM answer_groups "
+                              "WHERE question = ?", (question_id,)).fetchall()
         if not rows or any(r["answers_digest"] != answers_digest for r in rows):
             return None
-        return {r["submission"]: r["grp"] for r in rows}
+        return {r["submission"]: (r["grp"], bool(r["representative"])) for r in rows}
 
-    def store_groups(self, question_id: str, answers_digest: str, groups: dict[str, int]) -> None:
+    def store_groups(self, question_id: str, answers_digest: str, groups: dict[str, tuple[int, bool]]) -> None:
         with self._write() as db:
             db.execute("DELETE FROM answer_groups WHERE question = ?", (question_id,))
-            db.executemany("INSERT INTO answer_groups VALUES (?, ?, ?, ?)",
-                           [(question_id, s, g, answers_digest) for s, g in groups.items()])
+            db.executemany("INSERT INTO answer_groups (question, submission, grp, representative, answers_digest) "
+                           "VALUES (?, ?, ?, ?, ?)",
+                           [(question_id, s, g, int(rep), answers_digest) for s, (g, rep) in groups.items()])
 
     def events(self, limit: int = 1000) -> list[sqlite3.Row]:
         with self._read() as db:
