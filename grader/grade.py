@@ -129,13 +129,17 @@ class GradingContext:
 
     def reference_measurement(self, beta: float | None):
         """The reference's figures and samples' captions (measure.ReferenceMeasurement) with
-        vae_tuned at `beta`: its images are classified once per β in a run, not per student."""
+        vae_tuned at `beta`: measured once per β and reference (kept on disk), not per student,
+        run or worker."""
         from .measure import measure_reference
+
+        from .reference_measured import cached_measurement, measurement_key
 
         tuned_beta, _ = self.reference.exact_vae(beta, self.data_dir, self.log)
         if tuned_beta not in self._reference_figures:
-            self._reference_figures[tuned_beta] = measure_reference(
-                self.reference_probe(beta), self.reference_probe(None), self.inputs, self.judge, self.config)
+            key = measurement_key(self.reference.key, tuned_beta, self.config.digest, self.params)
+            self._reference_figures[tuned_beta] = cached_measurement(key, lambda: measure_reference(
+                self.reference_probe(beta), self.reference_probe(None), self.inputs, self.judge, self.config))
         return self._reference_figures[tuned_beta]
 
     def reference_figures(self, beta: float | None) -> dict:
