@@ -6,9 +6,10 @@ score -> CheckResult list; answers -> Answer list; grade -> SubmissionResult; re
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 Status = Literal["graded", "error", "timeout", "crashed", "invalid"]
 CellStatus = Literal["ok", "error", "timeout", "crashed", "not_run"]
@@ -36,14 +37,38 @@ class ExecutionResult(BaseModel):
     device: str = ""                       # the kernel's device: "cpu" or "cuda:<UUID> (<name>)"
 
 
+# Why a check has the points it has, as data for the report (which never reads the message):
+#   measured        scored from the measured figures
+#   missing         zero: a part of the notebook it needs could not be measured (CheckResult.missing)
+#   not_assessable  neither awarded nor withheld: the reference has not learned at these parameters
+#   gated           zero although measured: a precondition the check states failed (no noise
+#                   added, a decoder that learned nothing, memorised samples)
+CheckReason = Literal["measured", "missing", "not_assessable", "gated"]
+
+
 class CheckResult(BaseModel):
     id: str
     title: str
     points: float
     max_points: float
     message: str                    # what was measured and what was expected
+    reason: CheckReason
+    missing: list[str] = []         # the parts that could not be measured ("vae_tuned", "best_beta")
     assessable: bool = True         # False: reference not learned at these parameters
     band: str = ""                  # e.g. "full credit <= 0.044; zero at >= 0.067"
+
+
+# How grader.score worded an unmeasured part before checks carried their reason: read only to
+# convert a result.json written then (SubmissionResult._checks_from_older_records).
+_OLDER_MISSING_WORDING = re.compile(r"could not be measured|not found|missing|not defined", re.IGNORECASE)
+
+
+def _older_check_reason(check: dict) -> CheckReason:
+    if not check.get("assessable", True):
+        return "not_assessable"
+    if check.get("points") == 0 and _OLDER_MISSING_WORDING.search(check.get("message", "")):
+        return "missing"
+    return "measured"
 
 
 class Answer(BaseModel):
@@ -123,6 +148,16 @@ class SubmissionResult(BaseModel):
     graded_at: str = ""
     seconds: float = 0.0
     cache_key: str = ""
+
+    @field_validator("checks", mode="before")
+    @classmethod
+    def _checks_from_older_records(cls, checks: object) -> object:
+        """A result.json written before checks carried their reason gets it from the wording
+        of that time, so `grader report` still names the checks a failure cost."""
+        if not isinstance(checks, list):
+            return checks
+        return [{**c, "reason": _older_check_reason(c)} if isinstance(c, dict) and "reason" not in c else c
+                for c in checks]
 
 
 # --- Marking of the written answers (grader/marking) -------------------------------------------

@@ -65,8 +65,6 @@ MAX_SOURCE_HEAD_CHARS = 100
 MAX_FIGURE_BYTES = 8_000_000
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
-# A check that scored nothing because a name or a part was missing, as grader.score words it.
-MISSING_PART = re.compile(r"could not be measured|not found|missing|not defined", re.IGNORECASE)
 FAILED_CELL = {"error", "timeout", "crashed"}
 
 STATUS_TEXT = {
@@ -410,8 +408,7 @@ def failure_section(result: SubmissionResult) -> dict | None:
         # The first failure's traceback explains it; later cells usually fail because of it.
         "cells": [_cell_item(c, with_traceback=i == 0)
                   for i, c in enumerate(c for c in result.cells if c.status in FAILED_CELL)],
-        "lost_checks": [c for c in result.checks
-                        if c.assessable and c.points == 0 and MISSING_PART.search(c.message)],
+        "lost_checks": [c for c in result.checks if c.reason == "missing"],
     }
 
 

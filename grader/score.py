@@ -22,7 +22,7 @@ from .config import (
     ReparamUnitCheck,
     SampleQualityCheck,
 )
-from .records import CheckResult, Metrics, ModelFigures
+from .records import CheckReason, CheckResult, Metrics, ModelFigures
 
 
 @dataclass
@@ -75,28 +75,37 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
-def _result(check: CheckSpec, share: float, message: str, band: str = "", assessable: bool = True) -> CheckResult:
+def _result(check: CheckSpec, share: float, message: str, band: str = "", reason: CheckReason = "measured",
+            missing: list[str] | None = None) -> CheckResult:
+    assessable = reason != "not_assessable"
     points = round(check.points * share, 2) if assessable else 0.0
     return CheckResult(
         id=check.id, title=check.title, points=points, max_points=check.points,
-        message=message, band=band, assessable=assessable,
+        message=message, band=band, assessable=assessable, reason=reason, missing=missing or [],
     )
 
 
+def _missing(check: CheckSpec, message: str, *parts: str) -> CheckResult:
+    """Zero because the parts named could not be measured."""
+    return _result(check, 0.0, message, reason="missing", missing=list(parts))
+
+
 def _unmeasurable(check: CheckSpec, m: Measurement, *parts: str) -> CheckResult | None:
-    reasons = [f"{part}: {m.missing[part]}" for part in parts if part in m.missing]
-    if reasons:
-        return _result(check, 0.0, "Could not be measured — " + "; ".join(reasons))
+    missing = [part for part in parts if part in m.missing]
+    if missing:
+        return _missing(check, "Could not be measured — " + "; ".join(f"{part}: {m.missing[part]}" for part in missing),
+                        *missing)
     return None
 
 
 def _not_assessable(check: CheckSpec, m: Measurement, *parts: str) -> CheckResult:
     """Neither awarded nor withheld; what was missing is still said, so the student can fix it."""
-    missing = "".join(f" Also, {part} could not be measured: {m.missing[part]}." for part in parts if part in m.missing)
+    missing = [part for part in parts if part in m.missing]
+    also = "".join(f" Also, {part} could not be measured: {m.missing[part]}." for part in missing)
     return _result(
         check, 0.0,
-        f"Not assessable at these parameters: {m.assessable_reason}. No points awarded or withheld.{missing}",
-        assessable=False,
+        f"Not assessable at these parameters: {m.assessable_reason}. No points awarded or withheld.{also}",
+        reason="not_assessable", missing=missing,
     )
 
 
@@ -125,7 +134,7 @@ def score_kl(check: KLUnitCheck, m: Measurement) -> CheckResult:
         return early
     unit = m.metrics.kl_unit
     if unit is None:
-        return _result(check, 0.0, "Could not be measured — kl_divergence: no result")
+        return _missing(check, "Could not be measured — kl_divergence: no result", "kl_divergence")
     err = unit.max_rel_error
     ok = err is not None and err <= check.rtol
     message = (
@@ -143,10 +152,11 @@ def score_reparam(check: ReparamUnitCheck, m: Measurement) -> CheckResult:
         return early
     unit = m.metrics.reparam_unit
     if unit is None:
-        return _result(check, 0.0, "Could not be measured — reparameterize: no result")
+        return _missing(check, "Could not be measured — reparameterize: no result", "reparameterize")
     if unit.no_noise:
         return _result(check, 0.0, "reparameterize returned mu unchanged: no noise was added, so "
-                       "the model cannot learn a distribution (expected mu + sigma * eps, eps ~ N(0, I)).")
+                       "the model cannot learn a distribution (expected mu + sigma * eps, eps ~ N(0, I)).",
+                       reason="gated")
     mean_err, std_err = unit.mean_error, unit.std_error
     mean_ok = mean_err is not None and mean_err <= check.mean_tol
     std_ok = std_err is not None and std_err <= check.std_tol
@@ -209,7 +219,7 @@ def score_beta10(check: Beta10Check, m: Measurement) -> CheckResult:
             f"beta=10: MSE {_fmt(student.mse)}, worse than {_fmt(floor)} ({check.decoder_floor:g} x the mean "
             f"image's {_fmt(m.metrics.mean_image_mse)} or the reference beta=10's {_fmt(reference.mse)}): "
             f"the decoder learned nothing, so its KL of {_fmt(student.kl)} nats shows no collapse to the prior."),
-            band=f"none at an MSE above {_fmt(floor)}")
+            band=f"none at an MSE above {_fmt(floor)}", reason="gated")
     kl_share = lower_credit(student.kl, check.kl_max, max(tuned.kl or 0.0, check.kl_band_factor * check.kl_max))
     # Worse reconstruction than a tuned VAE is the expected behaviour, as far as the reference's.
     worse_share = higher_credit(student.mse, reference.mse / check.slack, tuned.mse)
@@ -231,7 +241,7 @@ def score_samples(check: SampleQualityCheck, m: Measurement) -> CheckResult:
             f"{100 * s.sample_memorised:.0f}% of the decoded prior samples are copies of MNIST images "
             f"(allowed {100 * check.max_memorised_share:.0f}%): a generator that reproduces stored digits "
             f"earns no sample credit, whatever its Fréchet distance ({_fmt(s.sample_fid)})."),
-            band="no credit for memorised samples")
+            band="no credit for memorised samples", reason="gated")
     fid_share = lower_credit(s.sample_fid, check.slack * r.sample_fid, check.fid_floor_factor * r.sample_fid)
     conf_share = higher_credit(s.sample_confidence, r.sample_confidence / check.slack, 0.1)
     cov_share = higher_credit(s.sample_coverage, r.sample_coverage - 0.1, 0.0)
@@ -255,7 +265,7 @@ def score_best_beta(check: BestBetaCheck, m: Measurement) -> CheckResult:
     if not m.assessable or not good:
         return _not_assessable(check, m)
     if m.best_beta is None:
-        return _result(check, 0.0, "best_beta was not found in the kernel nor in the markdown.")
+        return _missing(check, "best_beta was not found in the kernel nor in the markdown.", "best_beta")
     low, high = min(good), max(good)
     ok = low <= m.best_beta <= high
     message = (

@@ -29,7 +29,9 @@ from grader.report import (
     DataOnlyFetcher,
     ReportError,
     build_report_html,
+    failure_section,
     html_to_pdf,
+    load_result,
     render_report,
     render_summary,
     rerender,
@@ -243,6 +245,7 @@ def test_failed_run_says_what_happened_where_and_what_it_cost(tmp_path, status):
     assert failing.error in text
     lost = [c for c in result.checks if c.points == 0 and "Could not be measured" in c.message]
     assert lost, "the fixture must lose checks to the missing vae_tuned"
+    assert [c.id for c in failure_section(result)["lost_checks"]] == [c.id for c in lost]
     assert "these checks could not give you points" in text
     for check in lost:
         assert check.title in text
@@ -251,6 +254,21 @@ def test_failed_run_says_what_happened_where_and_what_it_cost(tmp_path, status):
         assert "NameError: name 'best_bta' is not defined" in text
         assert "----> 3 vae_tuned = train_vae(best_bta)" in text
     assert "Run time per cell" in text and "not run" in text
+
+
+def test_a_result_written_before_checks_had_reasons_still_names_the_checks_it_lost(tmp_path):
+    """result.json of an older grader: no reason on its checks; reading it derives each reason
+    from the wording of that time, so a rerender names the same lost checks."""
+    result = failed_result("error")
+    older = json.loads(result.model_dump_json())
+    for check in older["checks"]:
+        del check["reason"], check["missing"]
+    (tmp_path / "result.json").write_text(json.dumps(older))
+    loaded = load_result(tmp_path / "result.json")
+    assert [c.reason for c in loaded.checks] == [c.reason for c in result.checks]
+    assert {c.reason for c in loaded.checks} == {"measured", "missing"}
+    lost = [c.id for c in failure_section(loaded)["lost_checks"]]
+    assert lost == [c.id for c in failure_section(result)["lost_checks"]] and lost
 
 
 def test_invalid_submission_with_almost_nothing_known(tmp_path):

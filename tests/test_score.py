@@ -65,6 +65,7 @@ def test_a_submission_equal_to_the_reference_gets_full_marks():
         (c.id, c.points, c.message) for c in checks.values() if c.points != c.max_points
     ]
     assert totals(list(checks.values())) == (CONFIG.max_auto_points, CONFIG.max_auto_points)
+    assert {c.reason for c in checks.values()} == {"measured"} and not any(c.missing for c in checks.values())
 
 
 def test_kl_sign_error_loses_the_kl_points_and_says_why():
@@ -79,6 +80,7 @@ def test_reparameterize_without_noise():
     m.metrics.reparam_unit = ReparamUnitFigures(mean_error=0.0, std_error=1.0, no_noise=True, draws=4096)
     check = by_id(m)["reparameterize"]
     assert check.points == 0 and "no noise" in check.message
+    assert check.reason == "gated" and check.missing == []
 
 
 def test_reconstruction_credit_is_linear_between_reference_and_mean_image():
@@ -98,8 +100,10 @@ def test_best_beta_outside_the_good_range():
     m.best_beta = 50.0
     check = by_id(m)["best_beta"]
     assert check.points == 0 and "50" in check.message
+    assert check.reason == "measured"
     m.best_beta = None
     assert "not found" in by_id(m)["best_beta"].message
+    assert by_id(m)["best_beta"].reason == "missing" and by_id(m)["best_beta"].missing == ["best_beta"]
 
 
 def test_missing_model_costs_only_its_checks():
@@ -109,7 +113,9 @@ def test_missing_model_costs_only_its_checks():
     checks = by_id(m)
     for lost in ("vae_tuned_reconstruction", "vae_tuned_samples", "interpolation"):
         assert checks[lost].points == 0 and "vae_tuned" in checks[lost].message
+        assert checks[lost].reason == "missing" and checks[lost].missing == ["vae_tuned"]
     assert checks["ae_reconstruction"].points == checks["ae_reconstruction"].max_points
+    assert checks["ae_reconstruction"].reason == "measured"
 
 
 def test_not_assessable_neither_awards_nor_withholds():
@@ -121,6 +127,7 @@ def test_not_assessable_neither_awards_nor_withholds():
     # a missing model is still named, but costs nothing the parameters could not assess
     samples = checks["vae_tuned_samples"]
     assert not samples.assessable and "name 'vae_tuned' is not defined" in samples.message
+    assert samples.reason == "not_assessable" and samples.missing == ["vae_tuned"]
     quality = checks["ae_reconstruction"]
     assert not quality.assessable and "Not assessable" in quality.message
     score, max_score = totals(list(checks.values()))
@@ -131,7 +138,7 @@ def test_not_assessable_neither_awards_nor_withholds():
 def test_beta10_needs_a_decoder_at_least_as_good_as_the_mean_image():
     # an untrained VAE: KL ~0 (looks collapsed), reconstructions worse than the mean image
     check = by_id(measurement(vae_beta10={"kl": 0.001, "mse": 0.2}))["vae_beta10_behaviour"]
-    assert check.points == 0 and "learned nothing" in check.message
+    assert check.points == 0 and "learned nothing" in check.message and check.reason == "gated"
     collapsed = by_id(measurement(vae_beta10={"kl": 0.001, "mse": 0.09}))["vae_beta10_behaviour"]
     assert collapsed.points == collapsed.max_points
 
@@ -139,6 +146,7 @@ def test_beta10_needs_a_decoder_at_least_as_good_as_the_mean_image():
 def test_memorised_samples_earn_no_sample_credit():
     check = by_id(measurement(vae_tuned={"sample_memorised": 0.97, "sample_fid": 1.1}))["vae_tuned_samples"]
     assert check.points == 0 and "97% of the decoded prior samples are copies" in check.message
+    assert check.reason == "gated"
     few = by_id(measurement(vae_tuned={"sample_memorised": 0.02}))["vae_tuned_samples"]
     assert few.points == few.max_points
 
