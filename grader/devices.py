@@ -25,12 +25,15 @@ A slot is where one kernel runs at a time: "cpu", a whole GPU, or a MIG slice. T
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import os
 import re
 import shutil
 import subprocess
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from threading import Condition
 
@@ -321,6 +324,46 @@ class SlotPool:
         with self._changed:
             self._free.append(slot)
             self._changed.notify()
+
+
+def host_lock_dir() -> Path:
+    """Where the processes of one user on one host agree on their slots (a local directory:
+    file locks on a network file system are not to be trusted)."""
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"grader-slots-{os.getuid()}"
+
+
+@contextlib.contextmanager
+def leased_slot(kernels_per_gpu: int = 1, gpus: Iterable[GpuDevice] | None = None,
+                lock_dir: Path | None = None, poll_s: float = 0.5) -> Iterator[Slot | None]:
+    """A slot of this host's GPUs for one job, held until the job ends, for workers that no
+    planner numbered (a cluster's: several dask workers, or threads of one, on one host). Each
+    slot is an exclusive lock on a file (flock: released by the kernel even when the worker is
+    killed); a job takes the first free one and waits while all are taken, so a slot never runs
+    two kernels. None on a host without GPUs (or with kernels_per_gpu 0): the kernel gets the CPU."""
+    devices = list(discover_gpus().devices if gpus is None else gpus) if kernels_per_gpu else []
+    if not devices:
+        yield None
+        return
+    slots = plan_slots(len(devices) * kernels_per_gpu, kernels_per_gpu, devices)
+    directory = lock_dir or host_lock_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    while True:
+        for slot in slots:
+            handle = open(directory / f"slot-{slot.device}-{slot.index}.lock", "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            try:
+                yield slot
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.close()
+            return
+        time.sleep(poll_s)
 
 
 # --- what a kernel on a slot needs -----------------------------------------------------------

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import unicodedata
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -272,18 +273,23 @@ def run_execution(ctx: GradingContext, notebook: Path, out: Path, key: str | Non
             pass  # unreadable record: run again
     out.mkdir(parents=True, exist_ok=True)
     scratch = sandbox.make_scratch_dir(notebook.stem, ctx.config.limits)  # a size-capped tmpfs where possible
-    try:
-        result = execute_notebook(
-            notebook, scratch, dict(ctx.params), config=ctx.config, data_dir=ctx.data_dir,
-            probe_code=export_code(ctx.config),
-            cell_timeout=options.cell_timeout, notebook_timeout=options.notebook_timeout,
-            threads=ctx.config.limits.threads, slot=slot,
-        )
-        _take_out_of_scratch(ctx, scratch, out, result)
-        if result.status != "invalid":
-            _unit_checks(ctx, notebook).save(out)
-    finally:
-        sandbox.remove_tree(scratch)  # any depth; unmounts the tmpfs
+    # The unit checks need only the notebook's source, not its run: their own sandboxed process
+    # runs beside the kernel (a second core), so it adds nothing to a notebook's latency.
+    with ThreadPoolExecutor(1, thread_name_prefix="unit-checks") as beside:
+        unit_checks = beside.submit(_unit_checks, ctx, notebook)
+        try:
+            result = execute_notebook(
+                notebook, scratch, dict(ctx.params), config=ctx.config, data_dir=ctx.data_dir,
+                probe_code=export_code(ctx.config),
+                cell_timeout=options.cell_timeout, notebook_timeout=options.notebook_timeout,
+                threads=ctx.config.limits.threads, slot=slot,
+            )
+            _take_out_of_scratch(ctx, scratch, out, result)
+        finally:
+            sandbox.remove_tree(scratch)  # any depth; unmounts the tmpfs
+        unit = unit_checks.result()
+    if result.status != "invalid":
+        unit.save(out)
     atomic.write_text(record, json.dumps({"key": key, "result": result.model_dump()}, indent=1))
     return result
 
@@ -504,11 +510,24 @@ def grade_job(spec: JobSpec) -> JobOutcome:
     if spec.config_digest and ctx.config.digest != spec.config_digest:
         raise GraderError(f"{socket.gethostname()}: the assignment config in {ctx.config.base_dir} differs from the submitting "
                           "machine's; install the same config on every worker")
-    with _job_folder(spec) as (notebook, out):
+    with _job_folder(spec) as (notebook, out), _job_slot(spec) as spec:
         outcome = _grade_in(ctx, spec, notebook, out)
         if spec.out_dir is None:
             outcome.files = folder_files(out)
     return outcome
+
+
+@contextlib.contextmanager
+def _job_slot(spec: JobSpec) -> Iterator[JobSpec]:
+    """The job with the device its kernel gets: a local worker's own slot (planned by the main
+    process), or, for a cluster job, a slot of the worker host's GPUs leased for the job."""
+    if spec.slot is not None or spec.out_dir is not None:
+        yield spec
+        return
+    from .devices import leased_slot
+
+    with leased_slot(spec.options.kernels_per_gpu) as slot:
+        yield spec.model_copy(update={"slot": slot})
 
 
 @contextlib.contextmanager

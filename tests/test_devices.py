@@ -301,3 +301,52 @@ def test_the_local_runner_gives_each_worker_its_own_gpu_slot(monkeypatch, tmp_pa
                    execution_key="e", result_key="r")
     assert [runner._with_slot(spec, i).slot.cuda_visible_devices for i in range(3)] == ["GPU-0", "GPU-1", "GPU-0"]
     assert runner._with_slot("not a grading job", 0) == "not a grading job"
+
+
+# --- slots leased by cluster workers (devices.leased_slot) ----------------------------------------
+
+
+from grader import devices  # noqa: E402
+
+
+def _two_gpus() -> list:
+    return [devices.GpuDevice(index=i, uuid=f"GPU-{i}", name="NVIDIA H200", memory_mb=143_000, minor=i)
+            for i in range(2)]
+
+
+def test_leased_slots_are_exclusive_and_wait_when_all_are_taken(tmp_path):
+    first_lease = devices.leased_slot(1, _two_gpus(), tmp_path, poll_s=0.01)
+    second_lease = devices.leased_slot(1, _two_gpus(), tmp_path, poll_s=0.01)
+    first, second = first_lease.__enter__(), second_lease.__enter__()
+    assert {first.device, second.device} == {"GPU-0", "GPU-1"}   # one job per GPU
+    got = []
+
+    def third_job():
+        with devices.leased_slot(1, _two_gpus(), tmp_path, poll_s=0.01) as slot:
+            got.append(slot.device)
+
+    waiter = threading.Thread(target=third_job)
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive() and not got    # every slot is taken: it waits
+    first_lease.__exit__(None, None, None)
+    waiter.join(5)
+    assert got == [first.device]            # the slot freed is the one it gets
+    second_lease.__exit__(None, None, None)
+
+
+def test_leased_slots_share_a_gpu_by_kernels_per_gpu(tmp_path):
+    import contextlib
+
+    with contextlib.ExitStack() as held:
+        slots = [held.enter_context(devices.leased_slot(2, _two_gpus(), tmp_path, poll_s=0.01)) for _ in range(4)]
+    assert sorted(s.device for s in slots) == ["GPU-0", "GPU-0", "GPU-1", "GPU-1"]
+    assert len({s.index for s in slots}) == 4
+    assert all(s.memory_fraction == devices.memory_fraction(2) for s in slots)
+
+
+def test_leased_slot_on_a_cpu_host_is_none(tmp_path):
+    with devices.leased_slot(1, [], tmp_path) as slot:
+        assert slot is None
+    with devices.leased_slot(0, _two_gpus(), tmp_path) as slot:   # --kernels-per-gpu 0: the CPU
+        assert slot is None
