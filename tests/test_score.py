@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from grader.config import load_config
+from grader.measure import StudentMeasurement
 from grader.records import KLUnitFigures, Metrics, ModelFigures, ReparamUnitFigures
-from grader.score import Measurement, higher_credit, linear_credit, lower_credit, score_checks, totals
+from grader.score import BEST, Measurement, higher_credit, linear_credit, lower_credit, score_checks, totals
 
 CONFIG = load_config()
 
@@ -29,30 +30,67 @@ def test_bands_never_turn_upside_down():
     assert lower_credit(None, 1, 2) == 0.0
 
 
+# --- a builder of the measure stage's real output ------------------------------------------------
+# Scoring is fed what grader/measure.py returns: a StudentMeasurement holding a Metrics with
+# ModelFigures per role. pydantic ignores an unknown keyword, so every record is built through
+# `typed`, which refuses a field the record does not have: a field renamed in grader/records.py
+# (or a role renamed in the config) fails here instead of silently scoring None.
+
+STUDENT_ROLES = list(CONFIG.contract.model_names())   # the roles measure() reports for a student
+
+
+def typed(record, **values):
+    unknown = set(values) - set(record.model_fields)
+    assert not unknown, f"{record.__name__} has no field(s) {sorted(unknown)}"
+    return record(**values)
+
+
+REFERENCE_VALUES = {
+    "ae": dict(mse=0.02, sample_fid=40, sample_confidence=0.6, sample_coverage=0.8,
+               interp_accept=0.5, interp_smoothness=0.3, interp_endpoints=1.0),
+    "vae_beta0": dict(mse=0.025, kl=250.0),
+    "vae_beta10": dict(mse=0.085, kl=0.01),
+    "vae_tuned": dict(mse=0.04, kl=25.0, sample_fid=10.0, sample_confidence=0.9,
+                      sample_coverage=1.0, interp_accept=0.8, interp_smoothness=0.2,
+                      interp_endpoints=0.875, sample_memorised=0.0),
+    BEST: dict(mse=0.04, kl=25.0, sample_fid=10.0),
+}
+assert set(REFERENCE_VALUES) == {*STUDENT_ROLES, BEST}, "the roles the config and measure_reference use"
+
+GOOD_KL_UNIT = dict(rows=64, max_rel_error=1e-7, student_mean=30.0, analytic_mean=30.0)
+GOOD_REPARAM_UNIT = dict(mean_error=0.01, std_error=0.01, no_noise=False, draws=4096)
+
+
 def reference_figures() -> dict[str, ModelFigures]:
-    return {
-        "ae": ModelFigures(mse=0.02, sample_fid=40, sample_confidence=0.6, sample_coverage=0.8,
-                           interp_accept=0.5, interp_smoothness=0.3, interp_endpoints=1.0),
-        "vae_beta0": ModelFigures(mse=0.025, kl=250.0),
-        "vae_beta10": ModelFigures(mse=0.085, kl=0.01),
-        "vae_tuned": ModelFigures(mse=0.04, kl=25.0, sample_fid=10.0, sample_confidence=0.9,
-                                  sample_coverage=1.0, interp_accept=0.8, interp_smoothness=0.2,
-                                  interp_endpoints=0.875, sample_memorised=0.0),
-        "vae_best": ModelFigures(mse=0.04, kl=25.0, sample_fid=10.0),
-    }
+    """What measure_reference hands on: the reference's figures per role and the best-β anchor."""
+    return {role: typed(ModelFigures, **values) for role, values in REFERENCE_VALUES.items()}
 
 
-def measurement(**student_changes) -> Measurement:
-    student = {k: v.model_copy() for k, v in reference_figures().items()}
-    for role, changes in student_changes.items():
-        student[role] = student[role].model_copy(update=changes)
-    metrics = Metrics(
-        student=student, reference=reference_figures(), mean_image_mse=0.067,
-        kl_unit=KLUnitFigures(rows=64, max_rel_error=1e-7, student_mean=30.0, analytic_mean=30.0),
-        reparam_unit=ReparamUnitFigures(mean_error=0.01, std_error=0.01, no_noise=False, draws=4096),
+def measurement(*, missing_models: dict[str, str] | None = None, kl_unit: dict | None = None,
+                reparam_unit: dict | None = None, best_beta: float | None = 1.0, not_assessable: str = "",
+                **student_changes: dict) -> StudentMeasurement:
+    """The StudentMeasurement measure() returns for a student whose figures equal the reference's
+    except student_changes (role -> {field: value}); a model in missing_models (role -> why) was
+    not measured; not_assessable: the reason the parameters cannot assess quality."""
+    assert set(student_changes) <= set(STUDENT_ROLES), f"no such role: {set(student_changes) - set(STUDENT_ROLES)}"
+    missing = dict(missing_models or {})
+    student = {role: typed(ModelFigures, **{**REFERENCE_VALUES[role], **student_changes.get(role, {})})
+               for role in STUDENT_ROLES if role not in missing}
+    metrics = typed(
+        Metrics, student=student, reference=reference_figures(), mean_image_mse=0.067,
+        kl_unit=typed(KLUnitFigures, **(kl_unit or GOOD_KL_UNIT)),
+        reparam_unit=typed(ReparamUnitFigures, **(reparam_unit or GOOD_REPARAM_UNIT)),
         reference_good_betas=[1.0, 2.0], reference_best_beta=1.0,
     )
-    return Measurement(metrics=metrics, best_beta=1.0)
+    return StudentMeasurement(metrics=metrics, missing=missing, best_beta=best_beta,
+                              assessable=not not_assessable, assessable_reason=not_assessable)
+
+
+def test_the_builder_refuses_a_field_the_records_do_not_have():
+    with pytest.raises(AssertionError, match="ModelFigures has no field"):
+        measurement(ae={"mse_per_pixel": 0.045})
+    with pytest.raises(AssertionError, match="no such role"):
+        measurement(vae={"mse": 0.045})
 
 
 def by_id(m: Measurement) -> dict:
@@ -69,15 +107,13 @@ def test_a_submission_equal_to_the_reference_gets_full_marks():
 
 
 def test_kl_sign_error_loses_the_kl_points_and_says_why():
-    m = measurement()
-    m.metrics.kl_unit = KLUnitFigures(rows=64, max_rel_error=2.0, student_mean=-30.0, analytic_mean=30.0)
+    m = measurement(kl_unit=dict(rows=64, max_rel_error=2.0, student_mean=-30.0, analytic_mean=30.0))
     kl = by_id(m)["kl_divergence"]
     assert kl.points == 0 and "sign" in kl.message and "-30" in kl.message
 
 
 def test_reparameterize_without_noise():
-    m = measurement()
-    m.metrics.reparam_unit = ReparamUnitFigures(mean_error=0.0, std_error=1.0, no_noise=True, draws=4096)
+    m = measurement(reparam_unit=dict(mean_error=0.0, std_error=1.0, no_noise=True, draws=4096))
     check = by_id(m)["reparameterize"]
     assert check.points == 0 and "no noise" in check.message
     assert check.reason == "gated" and check.missing == []
@@ -96,20 +132,16 @@ def test_beta10_that_does_not_collapse_loses_points():
 
 
 def test_best_beta_outside_the_good_range():
-    m = measurement()
-    m.best_beta = 50.0
-    check = by_id(m)["best_beta"]
+    check = by_id(measurement(best_beta=50.0))["best_beta"]
     assert check.points == 0 and "50" in check.message
     assert check.reason == "measured"
-    m.best_beta = None
+    m = measurement(best_beta=None)
     assert "not found" in by_id(m)["best_beta"].message
     assert by_id(m)["best_beta"].reason == "missing" and by_id(m)["best_beta"].missing == ["best_beta"]
 
 
 def test_missing_model_costs_only_its_checks():
-    m = measurement()
-    del m.metrics.student["vae_tuned"]
-    m.missing["vae_tuned"] = "NameError: name 'vae_tuned' is not defined"
+    m = measurement(missing_models={"vae_tuned": "NameError: name 'vae_tuned' is not defined"})
     checks = by_id(m)
     for lost in ("vae_tuned_reconstruction", "vae_tuned_samples", "interpolation"):
         assert checks[lost].points == 0 and "vae_tuned" in checks[lost].message
@@ -119,10 +151,8 @@ def test_missing_model_costs_only_its_checks():
 
 
 def test_not_assessable_neither_awards_nor_withholds():
-    m = measurement(ae={"mse": 0.5})
-    m.assessable, m.assessable_reason = False, "the reference has not learned"
-    del m.metrics.student["vae_tuned"]
-    m.missing["vae_tuned"] = "NameError: name 'vae_tuned' is not defined"
+    m = measurement(ae={"mse": 0.5}, not_assessable="the reference has not learned",
+                    missing_models={"vae_tuned": "NameError: name 'vae_tuned' is not defined"})
     checks = by_id(m)
     # a missing model is still named, but costs nothing the parameters could not assess
     samples = checks["vae_tuned_samples"]
