@@ -7,7 +7,7 @@ score -> CheckResult list; answers -> Answer list; grade -> SubmissionResult; re
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -125,6 +125,40 @@ class Metrics(BaseModel):
     reference_best_beta: float | None = None
 
 
+FigureKind = Literal["reconstructions", "samples", "interpolation", "training_curves"]
+FigureSide = Literal["student", "reference"]
+
+
+class FigureRef(BaseModel):
+    """One PNG a report shows, written next to result.json (grader.result_figures)."""
+
+    kind: FigureKind
+    role: str | None = None         # the model shown; None: every model (the training curves)
+    side: FigureSide | None = None  # one side of a student/reference pair drawn as two figures;
+                                    # None: one figure (both sides in it, or the student's records)
+    file: str                       # PNG file name in the folder of result.json
+
+    @property
+    def name(self) -> str:
+        """How the config's evidence lists name it: kind, role, side joined ("samples_ae_student")."""
+        return "_".join(part for part in (self.kind, self.role, self.side) if part)
+
+    @classmethod
+    def from_name(cls, name: str, file: str) -> FigureRef:
+        """The record of a figure known by its name only (result.json before FigureRef)."""
+        kind = next((k for k in FIGURE_KINDS if name == k or name.startswith(k + "_")), None)
+        if kind is None:
+            raise ValueError(f"figure {name!r} is of no known kind ({', '.join(FIGURE_KINDS)})")
+        rest = name[len(kind) + 1:]
+        side = next((s for s in FIGURE_SIDES if rest == s or rest.endswith("_" + s)), None)
+        role = rest[: -len(side)].rstrip("_") if side else rest
+        return cls(kind=kind, role=role or None, side=side, file=file)
+
+
+FIGURE_KINDS: tuple[FigureKind, ...] = get_args(FigureKind)
+FIGURE_SIDES: tuple[FigureSide, ...] = get_args(FigureSide)
+
+
 class SubmissionResult(BaseModel):
     submission: str
     status: Status
@@ -141,13 +175,25 @@ class SubmissionResult(BaseModel):
     cells: list[CellRun] = []
     errors: list[str] = []
     sandbox_warnings: list[str] = []
-    figures: dict[str, str] = {}              # name -> PNG file name next to result.json
+    figures: list[FigureRef] = []             # the PNGs next to result.json, in the order drawn
     histories: dict = {}                       # {"ae": [...], "vae": {beta: [...]}} when kept
     grader_version: str = ""
     device: str = ""
     graded_at: str = ""
     seconds: float = 0.0
     cache_key: str = ""
+
+    def figure(self, name: str) -> FigureRef | None:
+        """The figure of that name (FigureRef.name, as the config's evidence lists say), if drawn."""
+        return next((f for f in self.figures if f.name == name), None)
+
+    @field_validator("figures", mode="before")
+    @classmethod
+    def _figures_from_older_records(cls, figures: object) -> object:
+        """A result.json written before FigureRef held {name: file name}; its names say the rest."""
+        if isinstance(figures, dict):
+            return [FigureRef.from_name(str(name), file) for name, file in figures.items()]
+        return figures
 
     @field_validator("checks", mode="before")
     @classmethod

@@ -42,7 +42,7 @@ from .errors import GraderError
 from .figures import score_histogram_png
 from .mathtext import markdown_to_html
 from .paths import TEMPLATES_DIR
-from .records import CellRun, CheckResult, FinalGrade, ModelFigures, RubricItem, SubmissionResult
+from .records import CellRun, CheckResult, FigureKind, FigureRef, FinalGrade, ModelFigures, RubricItem, SubmissionResult
 
 REPORT_TEMPLATE = "report.html.j2"
 SUMMARY_TEMPLATE = "summary.html.j2"
@@ -94,7 +94,7 @@ QUANTITIES = [
     ("interp_endpoints", "Interpolation paths whose ends show their own digits", "higher is better"),
     ("sample_memorised", "Samples that are copies of MNIST images", "should be 0"),
 ]
-FIGURE_KINDS = {
+FIGURE_KINDS: dict[FigureKind, str] = {   # what each kind of figure shows
     "reconstructions": "Test digits (top row), then your model's reconstructions and the reference's.",
     "samples": "Decoded from z ~ N(0, I); each captioned with the digit the classifier sees and its "
                "confidence.",
@@ -289,22 +289,15 @@ def unit_rows(figures) -> list[dict]:
 SIDES = {"student": "your model", "reference": "reference"}
 
 
-def figure_caption(name: str, config: AssignmentConfig) -> str:
-    """'samples_vae_tuned_student' -> 'Samples — Tuned VAE, your model. <what the figure shows>'."""
-    kind, qualifiers = name, []
-    for side, words in SIDES.items():
-        if kind.endswith("_" + side):
-            kind, qualifiers = kind[: -len(side) - 1], [words]
-            break
-    for role in sorted(config.contract.model_names(), key=len, reverse=True):
-        if kind.endswith("_" + role):
-            kind, qualifiers = kind[: -len(role) - 1], [ROLE_LABELS.get(role, role), *qualifiers]
-            break
-    title = kind.replace("_", " ").strip().capitalize() or name
+def figure_caption(figure: FigureRef, config: AssignmentConfig) -> str:
+    """samples of vae_tuned, student's side -> 'Samples — Tuned VAE, your model. <what it shows>'."""
+    qualifiers = [ROLE_LABELS.get(figure.role, figure.role)] if figure.role else []
+    if figure.side:
+        qualifiers.append(SIDES[figure.side])
+    title = figure.kind.replace("_", " ").capitalize()
     if qualifiers:
         title += " — " + ", ".join(qualifiers)
-    explanation = next((text for prefix, text in FIGURE_KINDS.items() if kind.startswith(prefix)), "")
-    return f"{title}. {explanation}".strip()
+    return f"{title}. {FIGURE_KINDS[figure.kind]}".strip()
 
 
 def png_data_uri(path: Path) -> str | None:
@@ -323,12 +316,12 @@ def png_data_uri(path: Path) -> str | None:
 def figure_items(result: SubmissionResult, out_dir: Path, config: AssignmentConfig) -> list[dict]:
     """Figures named in the record that exist next to it; a missing one is left out."""
     items = []
-    for name, file_name in result.figures.items():
-        if Path(file_name).name != file_name:  # only files in out_dir itself, no paths
+    for figure in result.figures:
+        if Path(figure.file).name != figure.file:  # only files in out_dir itself, no paths
             continue
-        uri = png_data_uri(out_dir / file_name)
+        uri = png_data_uri(out_dir / figure.file)
         if uri:
-            items.append({"name": name, "caption": figure_caption(name, config), "uri": uri})
+            items.append({"name": figure.name, "caption": figure_caption(figure, config), "uri": uri})
     return items
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from . import figures
 from .measure import SampleCaptions
 from .probe import ProbeData
+from .records import FigureKind, FigureRef, FigureSide
 
 N_RECON = 10   # test images shown reconstructed
 N_SAMPLES = 20  # prior samples shown per model
@@ -41,13 +42,13 @@ def _captions(captions: dict, role: str, samples: np.ndarray, judge) -> tuple[np
     return found.labels[:shown], found.confidences[:shown]
 
 
-def write_figures(out: Path, ctx, student: ProbeData, reference: ProbeData, measurement) -> dict[str, str]:
-    """Write every figure that can be drawn; returns {name: file name in `out`}."""
-    written: dict[str, str] = {}
+def write_figures(out: Path, ctx, student: ProbeData, reference: ProbeData, measurement) -> list[FigureRef]:
+    """Write every figure that can be drawn; returns their records, files in `out`."""
+    written: list[FigureRef] = []
 
-    def keep(name: str, path: Path | None) -> None:
+    def keep(kind: FigureKind, role: str | None, path: Path | None, side: FigureSide | None = None) -> None:
         if path is not None:
-            written[name] = Path(path).name
+            written.append(FigureRef(kind=kind, role=role, side=side, file=Path(path).name))
 
     captions = {"student": measurement.captions,
                 "reference": ctx.reference_measurement(measurement.best_beta).captions}
@@ -55,13 +56,13 @@ def write_figures(out: Path, ctx, student: ProbeData, reference: ProbeData, meas
     for role in ROLES:
         mine = _images(student.get(f"{role}.recon"), N_RECON)
         theirs = _images(reference.get(f"{role}.recon"), N_RECON)
-        keep(f"reconstructions_{role}", figures.reconstructions_png(out / f"recon_{role}.png", originals, mine, theirs))
+        keep("reconstructions", role, figures.reconstructions_png(out / f"recon_{role}.png", originals, mine, theirs))
         for side, probe in (("student", student), ("reference", reference)):
             samples = _images(probe.get(f"{role}.samples"), N_SAMPLES)
             if samples is None:
                 continue
             verdicts = _captions(captions[side], role, samples, ctx.judge)
-            keep(f"samples_{role}_{side}", figures.samples_png(out / f"samples_{role}_{side}.png", samples, *verdicts))
+            keep("samples", role, figures.samples_png(out / f"samples_{role}_{side}.png", samples, *verdicts), side)
     steps = len(ctx.inputs.interp_alpha)
     for role in ("ae", "vae_tuned"):
         mine = _images(student.get(f"{role}.interp"), N_PATHS * steps)
@@ -69,6 +70,7 @@ def write_figures(out: Path, ctx, student: ProbeData, reference: ProbeData, meas
         if mine is None and theirs is None:
             continue
         rows = [None if a is None else a.reshape(N_PATHS, steps, 28, 28) for a in (mine, theirs)]
-        keep(f"interpolation_{role}", figures.interpolation_png(out / f"interp_{role}.png", *rows))
-    keep("training_curves", figures.training_curves_png(out / "training_curves.png", histories_for_figures(student.values)))
+        keep("interpolation", role, figures.interpolation_png(out / f"interp_{role}.png", *rows))
+    keep("training_curves", None,
+         figures.training_curves_png(out / "training_curves.png", histories_for_figures(student.values)))
     return written

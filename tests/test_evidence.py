@@ -23,7 +23,7 @@ from grader.errors import ConfigError
 from grader.grade import keep_submission
 from grader.marking.evidence import NOT_KEPT, question_evidence
 from grader.paths import DEFAULT_CONFIG, REPO_ROOT
-from grader.records import CellRun, Metrics, ModelFigures, SubmissionResult
+from grader.records import CellRun, FigureRef, Metrics, ModelFigures, SubmissionResult
 
 CONFIG = load_config()
 FOLDER = "alice"
@@ -77,7 +77,8 @@ def make_result() -> SubmissionResult:
         metrics=Metrics(student={"ae": ModelFigures(mse=0.021234, sample_fid=43.21)},
                         reference={"ae": ModelFigures(mse=0.0151, sample_fid=41.0),
                                    "vae_beta0": ModelFigures(kl=251.0)}),
-        figures={"samples_ae_student": "samples_ae_student.png", "reconstructions_ae": "../outside.png"},
+        figures=[FigureRef(kind="samples", role="ae", side="student", file="samples_ae_student.png"),
+                 FigureRef(kind="reconstructions", role="ae", file="../outside.png")],
         cells=[CellRun(index=1, status="ok"), CellRun(index=2, status="ok"), CellRun(index=3, status="error"),
                CellRun(index=5, status="ok")],
     )

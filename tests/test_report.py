@@ -19,6 +19,7 @@ from grader.mathtext import markdown_to_html, tex_to_svg
 from grader.records import (
     Answer,
     CellRun,
+    FigureRef,
     KLUnitFigures,
     Metrics,
     ModelFigures,
@@ -102,21 +103,22 @@ def make_answers() -> list[Answer]:
     return answers
 
 
-def write_figures(out: Path) -> dict[str, str]:
+def write_figures(out: Path) -> list[FigureRef]:
     """Small real PNGs from random arrays, as the grade stage writes them next to result.json."""
     rng = np.random.default_rng(0)
     images = rng.random((4, 28, 28))
-    names = {
-        "reconstructions_ae": figures.reconstructions_png(out / "recon_ae.png", images, images * 0.5, images ** 2),
-        "samples_vae_tuned_student": figures.samples_png(out / "samples_vae_tuned_student.png", images,
-                                                         [1, 7, 3, 9], [0.9, 0.55, 0.71, 0.99]),
-        "interpolation_vae_tuned": figures.interpolation_png(out / "interp_vae_tuned.png",
-                                                             rng.random((1, 5, 28, 28)), rng.random((1, 5, 28, 28))),
-        "training_curves": figures.training_curves_png(out / "training_curves.png", {
+    drawn = [
+        (FigureRef(kind="reconstructions", role="ae", file=""),
+         figures.reconstructions_png(out / "recon_ae.png", images, images * 0.5, images ** 2)),
+        (FigureRef(kind="samples", role="vae_tuned", side="student", file=""),
+         figures.samples_png(out / "samples_vae_tuned_student.png", images, [1, 7, 3, 9], [0.9, 0.55, 0.71, 0.99])),
+        (FigureRef(kind="interpolation", role="vae_tuned", file=""),
+         figures.interpolation_png(out / "interp_vae_tuned.png", rng.random((1, 5, 28, 28)), rng.random((1, 5, 28, 28)))),
+        (FigureRef(kind="training_curves", file=""), figures.training_curves_png(out / "training_curves.png", {
             "ae": [{"epoch": e, "rec": 30.0 - e} for e in range(3)],
-            "vae": {"0.0": [{"epoch": e, "rec": 28.0 - e, "kl": 90.0 + e} for e in range(3)]}}),
-    }
-    return {name: path.name for name, path in names.items()}
+            "vae": {"0.0": [{"epoch": e, "rec": 28.0 - e, "kl": 90.0 + e} for e in range(3)]}})),
+    ]
+    return [figure.model_copy(update={"file": path.name}) for figure, path in drawn]
 
 
 def graded_result(out: Path, **changes) -> SubmissionResult:
@@ -208,9 +210,35 @@ def test_graded_report_embeds_each_figure(graded):
     assert len(images) == len(result.figures) == 4
 
 
+def test_figures_are_captioned_from_their_records(tmp_path):
+    result = graded_result(tmp_path)
+    assert [f.name for f in result.figures] == ["reconstructions_ae", "samples_vae_tuned_student",
+                                                "interpolation_vae_tuned", "training_curves"]
+    html = build_report_html(result, tmp_path, CONFIG)
+    assert "Samples — Tuned VAE, your model. Decoded from z ~ N(0, I)" in html
+    assert "Reconstructions — Autoencoder. Test digits (top row)" in html
+    assert "Training curves. As recorded in your ae_history" in html
+
+
+def test_a_result_written_with_figures_by_name_still_shows_them(tmp_path):
+    """result.json of an older grader: figures as {name: file name}; reading it makes the records
+    from the names, so a rerender draws the same report."""
+    result = graded_result(tmp_path)
+    older = json.loads(result.model_dump_json())
+    older["figures"] = {f.name: f.file for f in result.figures}
+    (tmp_path / "result.json").write_text(json.dumps(older))
+    loaded = load_result(tmp_path / "result.json")
+    assert loaded.figures == result.figures
+    assert build_report_html(loaded, tmp_path, CONFIG) == build_report_html(result, tmp_path, CONFIG)
+    older["figures"] = {"stolen": "secret.png"}   # no figure the grader draws: the record is refused
+    (tmp_path / "result.json").write_text(json.dumps(older))
+    with pytest.raises(ReportError, match="figures"):
+        load_result(tmp_path / "result.json")
+
+
 def test_missing_figure_is_left_out(tmp_path):
     result = graded_result(tmp_path)
-    (tmp_path / result.figures["training_curves"]).unlink()
+    (tmp_path / result.figure("training_curves").file).unlink()
     html = build_report_html(result, tmp_path, CONFIG)
     assert html.count("data:image/png;base64,") == len(result.figures) - 1
     assert "Training curves" not in html
@@ -233,6 +261,16 @@ def test_bad_tex_is_shown_as_source_and_html_is_escaped():
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert "<strong>bold</strong>" in html
     assert tex_to_svg(r"\beta = 0").startswith("<svg")
+
+
+def test_answer_html_keeps_formatting_but_no_link_comment_or_resource():
+    html = markdown_to_html("[site](http://example.org) <http://auto.example> ![pic](file:///etc/passwd)\n\n"
+                            "| a | b |\n|---|---|\n| 1 | 2 |\n\n3. three\n\n<!-- hidden --> ~~gone~~ `x < y`")
+    assert "href" not in html and "src=" not in html and "<a" not in html and "<img" not in html
+    assert "site" in html and "http://auto.example" in html and "![pic](file:///etc/passwd)" in html
+    assert "<table>" in html and "<td>1</td>" in html and '<ol start="3">' in html
+    assert "<s>gone</s>" in html and "<code>x &lt; y</code>" in html
+    assert "<!--" not in html and "&lt;!-- hidden --&gt;" in html   # raw HTML is shown as text
 
 
 @pytest.mark.parametrize("status", ["error", "timeout", "crashed"])
@@ -392,7 +430,8 @@ def test_students_html_cannot_reach_the_grader_files(tmp_path, secret):
                            text="My answer " + HOSTILE.format(url=secret.as_uri())
                            + f" ![x]({secret.as_uri()}) [y]({secret.as_uri()})")],
         "errors": [HOSTILE.format(url=secret.as_uri())],
-        "figures": {"stolen": str(secret), "escape": "../grader-secret.txt"},
+        "figures": [FigureRef(kind="samples", role="ae", side="student", file=str(secret)),
+                    FigureRef(kind="training_curves", file="../grader-secret.txt")],
     })
     html = build_report_html(result, tmp_path, CONFIG)
     assert "<link" not in html.split("</style>")[1] and "<img" not in html

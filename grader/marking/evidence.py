@@ -145,11 +145,11 @@ def _figures(submission_dir: Path, result: SubmissionResult, question: Question,
              config: AssignmentConfig) -> tuple[list[FigureEvidence], list[str]]:
     found, missing = [], []
     for name in question.evidence.figures:
-        file_name = result.figures.get(name)
+        figure = result.figure(name)
         # only a plain PNG file next to result.json: a name with a path in it is not followed
-        uri = png_data_uri(submission_dir / file_name) if file_name and Path(file_name).name == file_name else None
-        if uri:
-            found.append(FigureEvidence(name=name, caption=figure_caption(name, config), uri=uri))
+        uri = png_data_uri(submission_dir / figure.file) if figure and Path(figure.file).name == figure.file else None
+        if figure and uri:
+            found.append(FigureEvidence(name=name, caption=figure_caption(figure, config), uri=uri))
         else:
             missing.append(name)
     return found, missing
