@@ -6,6 +6,17 @@ cell or in the next markdown cells, up to the next question or code cell. Real n
 every part of that, so the rules below are lenient and every guess is written into `Answer.note`:
 staff read the notes, so nothing is dropped or assumed silently.
 
+Answer cells tagged in the handout (nbgrader-style): scripts/make_handout.py puts
+`{"grader": {"answer": "Q1"}}` (the key is the config's `assignment.answer_cell_key`) in the
+metadata of each question's cell, where its `Answer:` label is. A tagged cell opens that question
+whatever its text (no "Inline Question" heading or a reworded statement still count), and is
+assigned by its tag, not by the question's `match`. In it, the answer still starts at a label;
+without one, the text after the "limit your answer" line (or, without that line, the whole cell
+minus the handout's text) is the answer. Students copy cells into fresh notebooks and lose
+metadata, so a notebook without tags (or one question's cell without its tag) is read by the
+text rules below. A tag naming no config question is ignored and said in a note, on the answer
+the cell's text went to (or on the first answer when it went to none).
+
 How a notebook is read:
 - Text cells (markdown, and raw cells, which students sometimes type answers into by mistake)
   form one stream, cut at every line that starts an Inline Question (a question may share a cell
@@ -114,6 +125,7 @@ class _Text:
     cell: int
     text: str
     opens_question: bool
+    tag: str | None = None      # the config question its cell is tagged as the answer cell of
 
 
 @dataclass(frozen=True)
@@ -130,7 +142,17 @@ def _source(cell: NotebookNode) -> str:
     return source.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _stream(nb: NotebookNode) -> list[_Text | _Break]:
+def answer_tag(cell: NotebookNode, key: str) -> object:
+    """What the cell's metadata names as the question it answers (None: no tag)."""
+    metadata = cell.get("metadata")
+    entry = metadata.get(key) if isinstance(metadata, dict) else None
+    return entry.get("answer") if isinstance(entry, dict) else None
+
+
+def _stream(nb: NotebookNode, tags: dict[int, str] | None = None) -> list[_Text | _Break]:
+    """The text pieces and code breaks; `tags` (cell index -> question id) marks answer cells: the
+    first question in such a cell, or the whole cell when it has none, opens that question."""
+    tags = tags or {}
     items: list[_Text | _Break] = []
     for index, cell in enumerate(nb.cells):
         text = _source(cell)
@@ -138,11 +160,14 @@ def _stream(nb: NotebookNode) -> list[_Text | _Break]:
             if text.strip():
                 items.append(_Break(index))
             continue
+        tag = tags.get(index)
         starts = [m.start() for m in QUESTION_START.finditer(text)]
+        if tag is not None and not starts:
+            starts = [0]
         if not starts or starts[0] > 0:
             items.append(_Text(index, text[: starts[0] if starts else len(text)], False))
-        for begin, end in zip(starts, starts[1:] + [len(text)]):
-            items.append(_Text(index, text[begin:end], True))
+        for n, (begin, end) in enumerate(zip(starts, starts[1:] + [len(text)])):
+            items.append(_Text(index, text[begin:end], True, tag if n == 0 else None))
     return items
 
 
@@ -308,6 +333,8 @@ class _Reading:
     text: str = ""
     label: bool = False              # an answer label was found
     notes: list[str] = field(default_factory=list)
+    tag: str | None = None           # the config question its cell is tagged for
+    cells: set[int] = field(default_factory=set)   # the cells it read (question to next question)
 
     @property
     def answered(self) -> bool:
@@ -367,11 +394,13 @@ def _answer_after(pieces: list[_Text], handout: _Handout | None) -> _Found | Non
     return _Found(statement, kept, notes)
 
 
-def _answer_without_label(pieces: list[_Text], handout: _Handout | None) -> _Found:
-    """No label: the statement ends at its "limit your answer" paragraph; what follows is the answer."""
+def _answer_without_label(pieces: list[_Text], handout: _Handout | None, tagged: bool = False) -> _Found:
+    """No label: the statement ends at its "limit your answer" paragraph; what follows is the answer.
+    Without that line the first piece is the statement, unless it is a tagged answer cell, whose
+    text is the answer (less the handout's paragraphs)."""
     paras = [_Para(t, piece.cell) for piece in pieces for t in _paragraphs(piece.text)]
     with_limit = [i for i, p in enumerate(paras) if LIMIT.search(p.text)]
-    end = with_limit[-1] + 1 if with_limit else len(_paragraphs(pieces[0].text))
+    end = with_limit[-1] + 1 if with_limit else 0 if tagged else len(_paragraphs(pieces[0].text))
     kept, notes = _student_paragraphs(paras[end:], handout)
     if kept:
         notes.insert(0, "no “Answer:” label after the question; the text that follows it is taken as the answer")
@@ -404,16 +433,24 @@ def _read_question(items: list[_Text | _Break], start: int, handout: _Handout | 
             beyond.append(item)
         else:
             region.append(item)
-    found = _answer_after(region, handout) or _answer_past_code(region, beyond, handout)
+    tag = items[start].tag
+    found = _answer_after(region, handout)
     labelled = found is not None
+    if found is None and tag is not None:   # the tagged cell's own text before a label past code
+        in_cell = _answer_without_label(region, handout, tagged=True)
+        found = in_cell if in_cell.paras else None
+    if found is None:
+        found = _answer_past_code(region, beyond, handout)
+        labelled = found is not None
     if found is None:
         found = _answer_without_label(region, handout)
     text = "\n\n".join(p.text for p in found.paras).strip()
-    return _Reading(items[start].cell, found.statement, text, labelled, found.notes)
+    cells = {p.cell for p in region} | {b.cell for b in beyond if isinstance(b, _Text)}
+    return _Reading(items[start].cell, found.statement, text, labelled, found.notes, tag, cells)
 
 
-def _read_notebook(nb: NotebookNode, handout: _Handout | None) -> list[_Reading]:
-    items = _stream(nb)
+def _read_notebook(nb: NotebookNode, handout: _Handout | None, tags: dict[int, str] | None = None) -> list[_Reading]:
+    items = _stream(nb, tags)
     starts = [i for i, item in enumerate(items) if isinstance(item, _Text) and item.opens_question]
     return [_read_question(items, start, handout) for start in starts]
 
@@ -423,8 +460,12 @@ def _read_notebook(nb: NotebookNode, handout: _Handout | None) -> list[_Reading]
 
 
 def _assign(questions: list[Question], readings: list[_Reading]) -> list[tuple[_Reading | None, list[str]]]:
-    """For each config question, its notebook question (or None) and notes on how it was found."""
-    matches = [[j for j, r in enumerate(readings) if re.search(q.match, r.statement)] for q in questions]
+    """For each config question, its notebook question (or None) and notes on how it was found.
+    Cells tagged for a question come first, then untagged ones its pattern matches."""
+    tagged = [[j for j, r in enumerate(readings) if r.tag == q.id] for q in questions]
+    by_tag = {j for js in tagged for j in js}
+    matches = [js + [j for j, r in enumerate(readings) if j not in by_tag and re.search(q.match, r.statement)]
+               for q, js in zip(questions, tagged)]
     claimed = {j for js in matches for j in js}          # never handed out by position
     chosen: list[int | None] = [None] * len(questions)
     notes: list[list[str]] = [[] for _ in questions]
@@ -437,6 +478,9 @@ def _assign(questions: list[Question], readings: list[_Reading]) -> list[tuple[_
         pick = next((j for j in free if readings[j].answered), free[0])
         chosen[i] = pick
         used.add(pick)
+        if readings[pick].tag == questions[i].id and not re.search(questions[i].match, readings[pick].statement):
+            notes[i].append(f"identified by its cell's tag (cell {readings[pick].cell}): its text does not match "
+                            f"the config's pattern /{questions[i].match}/")
         if len(free) > 1:
             cells = ", ".join(str(readings[j].cell) for j in free)
             notes[i].append(f"the question appears {len(free)} times (cells {cells}); the one in cell {readings[pick].cell} is used")
@@ -489,11 +533,43 @@ def extract_answers(
     from the student's exactly, without it by a heuristic (see the module docstring).
     """
     handout = _Handout(template) if template is not None else None
-    readings = _read_notebook(nb, handout)
+    tags, odd_tags = _answer_tags(nb, config)
+    readings = _read_notebook(nb, handout, tags)
+    assigned = _assign(config.questions, readings)
+    for note, cell, question_id in odd_tags:   # said on the answer the cell went to, never dropped
+        holders = [i for i, (reading, _) in enumerate(assigned)
+                   if (question_id is not None and config.questions[i].id == question_id)
+                   or (question_id is None and reading is not None and cell in reading.cells)]
+        if not holders:
+            note += "; it is part of no answer"
+        for i in holders or [0]:
+            assigned[i][1].append(note)
     answers = []
-    for question, (reading, notes) in zip(config.questions, _assign(config.questions, readings)):
+    for question, (reading, notes) in zip(config.questions, assigned):
         answers.append(_answer(question, reading, notes))
     return answers
+
+
+def _answer_tags(nb: NotebookNode, config: AssignmentConfig) -> tuple[dict[int, str], list[tuple[str, int, str | None]]]:
+    """The text cells tagged for a config question (cell index -> question id), and the tags that
+    cannot be followed: (note, cell, the question the note belongs to, None: wherever the cell went)."""
+    key, ids = config.assignment.answer_cell_key, {q.id for q in config.questions}
+    tags: dict[int, str] = {}
+    odd: list[tuple[str, int, str | None]] = []
+    for index, cell in enumerate(nb.cells):
+        tag = answer_tag(cell, key)
+        if tag is None:
+            continue
+        if not isinstance(tag, str) or tag not in ids:
+            note = (f"cell {index} is tagged as the answer cell of {tag!r}, which is no question of the config; "
+                    "the tag was ignored and the cell read by its text")
+            odd.append((note, index, None))
+        elif cell.get("cell_type") == "code":
+            note = f"cell {index} is tagged as this answer's cell but is a code cell; code is not read as an answer"
+            odd.append((note, index, tag))
+        else:
+            tags[index] = tag
+    return tags, odd
 
 
 def _answer(question: Question, reading: _Reading | None, notes: list[str]) -> Answer:

@@ -29,6 +29,10 @@ class AssignmentInfo(Strict):
     contract_version: int
     handout: str
     solution: str
+    # The handout's answer cells carry {answer_cell_key: {"answer": "<question id>"}} in their
+    # metadata (written by scripts/make_handout.py); grader/answers.py reads an answer from its
+    # tagged cell first and falls back to the text rules where a notebook lost the tags.
+    answer_cell_key: str = "grader"
 
 
 class ClassifierInfo(Strict):

@@ -6,6 +6,9 @@ The solution marks what students write, nbgrader-style:
   `raise NotImplementedError()`, at the marker's indentation;
 - in the markdown cells of the config's questions, everything after the `Answer:` label is
   removed, so the handout ends each question with an empty `**Answer:**`;
+- each of those cells is tagged as its question's answer cell, nbgrader-style: its metadata gets
+  `{"grader": {"answer": "<question id>"}}` (the key is the config's assignment.answer_cell_key),
+  which grader/answers.py follows before any text rule; every question is tagged exactly once;
 - the number in a "Best-tune beta = 1.0" line (the config's best_beta_pattern) becomes `?`,
   so that the grader does not read the handout's line as a student's choice.
 
@@ -26,7 +29,7 @@ from pathlib import Path
 import nbformat
 from nbformat import NotebookNode
 
-from grader.config import AssignmentConfig, load_config
+from grader.config import AssignmentConfig, Question, load_config
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
@@ -61,8 +64,22 @@ def _replace_solution_blocks(source: str, keep_solution: bool) -> str:
     return "\n".join(out)
 
 
-def _is_question(source: str, config: AssignmentConfig) -> bool:
-    return any(re.search(q.match, source) for q in config.questions)
+def _question_of(source: str, config: AssignmentConfig) -> Question | None:
+    """The config question whose cell this is; a cell two patterns match is a config error."""
+    hits = [q for q in config.questions if re.search(q.match, source)]
+    if len(hits) > 1:
+        raise ValueError(f"one solution cell matches questions {', '.join(q.id for q in hits)}: "
+                         f"{source.strip()[:60]!r}")
+    return hits[0] if hits else None
+
+
+def _check_tags(nb: NotebookNode, config: AssignmentConfig) -> None:
+    key = config.assignment.answer_cell_key
+    tagged = [cell.metadata[key]["answer"] for cell in nb.cells if key in cell.metadata]
+    for question in config.questions:
+        if tagged.count(question.id) != 1:
+            raise ValueError(f"question {question.id}: {tagged.count(question.id)} solution cells match "
+                             f"/{question.match}/, expected exactly one")
 
 
 def _blank_answer(source: str) -> str:
@@ -97,16 +114,20 @@ def solution_code(solution: NotebookNode) -> NotebookNode:
 
 
 def make_handout(solution: NotebookNode, config: AssignmentConfig) -> NotebookNode:
-    """The handout: solution blocks replaced by TODOs, answers and the chosen beta blanked, no outputs."""
+    """The handout: solution blocks replaced by TODOs, answers and the chosen beta blanked, answer
+    cells tagged, no outputs."""
     nb = copy.deepcopy(solution)
     for cell in nb.cells:
         _clear_outputs(cell)
         if cell.cell_type == "code":
             cell.source = _replace_solution_blocks(cell.source, keep_solution=False)
         elif cell.cell_type == "markdown":
-            if _is_question(cell.source, config):
+            question = _question_of(cell.source, config)
+            if question is not None:
                 cell.source = _blank_answer(cell.source)
+                cell.metadata[config.assignment.answer_cell_key] = {"answer": question.id}
             cell.source = _blank_best_beta(cell.source, config)
+    _check_tags(nb, config)
     return nb
 
 

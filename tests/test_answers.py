@@ -540,3 +540,130 @@ def test_best_beta_bad_pattern_is_a_clear_error():
 )
 def test_count_words(text, words):
     assert count_words(text) == words
+
+
+# ---------------------------------------------------------------------------------------------
+# Answer cells tagged in the handout ({"grader": {"answer": "Q1"}}), and the text rules without them
+
+KEY = CONFIG.assignment.answer_cell_key
+
+
+def tagged(cell, question_id="Q1", key=KEY):
+    cell.metadata[key] = {"answer": question_id}
+    return cell
+
+
+ODD_TEXT = "My thoughts: the decoded prior draws are blurry blobs, since nothing pulls the codes towards N(0, I)."
+
+
+def test_the_tagged_cell_is_the_answer_whatever_its_text():
+    # no "Inline Question" heading, no label, nothing the question's pattern matches
+    nb = notebook(code("import torch"), tagged(md(ODD_TEXT)), code("train()"))
+    answer = extract_answers(nb, one_question_config())[0]
+    assert answer.found and answer.text == ODD_TEXT and answer.words == 17
+    assert "identified by its cell's tag (cell 1)" in answer.note
+    assert "no “Answer:” label" in answer.note
+
+
+def test_without_the_tag_the_same_cell_is_not_an_answer():
+    answer = extract_answers(notebook(code("import torch"), md(ODD_TEXT), code("train()")), one_question_config())[0]
+    assert not answer.found and answer.note.startswith("question not found in the notebook")
+
+
+def test_a_tagged_cell_with_a_reworded_question_reads_after_its_label():
+    cell = tagged(md("**Q1 (my words):** what do the AE samples look like? [2pt]\n\n**Answer:** Blurry digits."))
+    answer = extract_answers(notebook(code("import torch"), cell, code("train()")), one_question_config())[0]
+    assert answer.found and answer.text == "Blurry digits." and answer.words == 2
+    assert "identified by its cell's tag" in answer.note
+
+
+def test_a_tagged_cell_without_a_label_drops_the_statement_up_to_the_limit_line():
+    cell = tagged(md(Q1_CELL + "\n\nThey are blurry."))
+    answer = extract_answers(notebook(code("import torch"), cell, code("train()")), one_question_config())[0]
+    assert answer.found and answer.text == "They are blurry."
+    assert "identified by its cell's tag" not in answer.note     # its text matches: nothing to say
+
+
+def test_an_untagged_notebook_falls_back_to_the_text_rules():
+    # the same answers as the seed's tests: every label style, found by pattern and position
+    plain = extract_answers(seed_notebook(), CONFIG)
+    assert {a.id: a.text for a in plain} == SEED_TEXTS
+    # and tags on its question cells change none of them
+    nb = seed_notebook()
+    for index, question_id in ((2, "Q1"), (8, "Q2"), (17, "Q4"), (20, "Q5")):
+        tagged(nb.cells[index], question_id)
+    assert [(a.id, a.text, a.words) for a in extract_answers(nb, CONFIG)] == [(a.id, a.text, a.words) for a in plain]
+
+
+def test_the_tag_wins_over_the_pattern_and_over_another_questions_pattern():
+    # the cell tagged Q1 quotes Q2's question; the untagged Q1 copy is a decoy the student left empty
+    q2 = Question(id="Q2", part="2", match="setting \\$\\\\beta\\s*=\\s*0\\$", points=3, limit=150)
+    config = one_question_config().model_copy(update={"questions": [*one_question_config().questions, q2]})
+    cells = [md(Q1_CELL + "\n\n**Answer:**"),
+             tagged(md("Inline Question: What can you observe when setting $\\beta=0$?\n\n**Answer:** Q1 text.")),
+             code("x = 1"),
+             md("Inline Question: What can you observe when setting $\\beta=0$? [3pt]\n\n**Answer:** Q2 text.")]
+    answers = by_id(extract_answers(notebook(*cells), config))
+    assert answers["Q1"].text == "Q1 text." and "appears 2 times" in answers["Q1"].note
+    assert answers["Q2"].text == "Q2 text."
+
+
+def test_a_copied_tagged_cell_uses_the_answered_copy():
+    cells = [tagged(md(Q1_CELL + "\n\n**Answer:**")), code(), tagged(md(Q1_CELL + "\n\n**Answer:** Mine."))]
+    answer = extract_answers(notebook(*cells), one_question_config())[0]
+    assert answer.text == "Mine." and "the question appears 2 times (cells 0, 2); the one in cell 2 is used" in answer.note
+
+
+def test_a_tag_naming_no_question_is_ignored_with_a_note():
+    cell = tagged(md(Q1_CELL + "\n\n**Answer:** Blurry digits."), "Q9")
+    answer = extract_answers(notebook(code("import torch"), cell, code("train()")), one_question_config())[0]
+    assert answer.found and answer.text == "Blurry digits."          # read by its text, as untagged
+    assert "cell 1 is tagged as the answer cell of 'Q9', which is no question of the config" in answer.note
+    # a stray tagged cell no answer took: said on the first answer, not dropped
+    stray = tagged(md("Leftover notes."), "Q9")
+    answer = extract_answers(notebook(stray, code(), md(Q1_CELL + "\n\n**Answer:** Blurry.")), one_question_config())[0]
+    assert answer.text == "Blurry." and "cell 0 is tagged" in answer.note and "part of no answer" in answer.note
+    # a malformed tag value is no question either
+    odd = md(Q1_CELL + "\n\n**Answer:** Blurry.")
+    odd.metadata[KEY] = {"answer": 1}
+    assert "answer cell of 1," in extract_answers(notebook(odd), one_question_config())[0].note
+
+
+def test_a_tagged_code_cell_is_said_on_its_question():
+    cells = [md(Q1_CELL + "\n\n**Answer:** Blurry."), tagged(code("print('my answer')"))]
+    answer = extract_answers(notebook(*cells), one_question_config())[0]
+    assert answer.text == "Blurry." and "cell 1 is tagged as this answer's cell but is a code cell" in answer.note
+
+
+def test_the_metadata_key_comes_from_the_config():
+    config = one_question_config()
+    config = config.model_copy(update={"assignment": config.assignment.model_copy(update={"answer_cell_key": "course"})})
+    nb = notebook(code("import torch"), tagged(md(ODD_TEXT), key="course"), code("train()"))
+    assert extract_answers(nb, config)[0].text == ODD_TEXT
+    assert not extract_answers(nb, one_question_config())[0].found   # under another key: no tag
+
+
+@pytest.mark.skipif(not (REFERENCE_DIR / "handout.ipynb").exists(), reason="reference/handout.ipynb not written yet")
+def test_the_handout_tags_each_question_cell_once_and_samples_read_the_same_tagged():
+    import nbformat
+
+    from grader.paths import REPO_ROOT
+
+    handout = nbformat.read(REFERENCE_DIR / "handout.ipynb", as_version=4)
+    tags = {cell.id: cell.metadata[KEY]["answer"] for cell in handout.cells if KEY in cell.metadata}
+    assert sorted(tags.values()) == sorted(q.id for q in CONFIG.questions)
+    assert all(handout.cells[[c.id for c in handout.cells].index(i)].cell_type == "markdown" for i in tags)
+    # A student starting from the handout keeps its cells' ids and tags: the sample submissions
+    # (built from the same solution, untagged) read the same with the handout's tags put back.
+    samples = sorted((REPO_ROOT / "submissions").glob("*.ipynb"))
+    assert len(samples) == 6
+    for path in samples:
+        nb = nbformat.read(path, as_version=4)
+        plain = extract_answers(nb, CONFIG, template=handout)
+        hits = 0
+        for cell in nb.cells:
+            if cell.get("id") in tags:
+                tagged(cell, tags[cell.id])
+                hits += 1
+        assert hits == len(CONFIG.questions), path.name
+        assert extract_answers(nb, CONFIG, template=handout) == plain, path.name
