@@ -7,7 +7,15 @@ import pytest
 from grader.config import load_config
 from grader.measure import StudentMeasurement
 from grader.records import KLUnitFigures, Metrics, ModelFigures, ReparamUnitFigures
-from grader.score import BEST, Measurement, higher_credit, linear_credit, lower_credit, score_checks, totals
+from grader.score import (
+    BEST,
+    Measurement,
+    higher_credit,
+    linear_credit,
+    lower_credit,
+    score_checks,
+    totals,
+)
 
 CONFIG = load_config()
 
@@ -36,7 +44,7 @@ def test_bands_never_turn_upside_down():
 # `typed`, which refuses a field the record does not have: a field renamed in grader/records.py
 # (or a role renamed in the config) fails here instead of silently scoring None.
 
-STUDENT_ROLES = list(CONFIG.contract.model_names())   # the roles measure() reports for a student
+STUDENT_ROLES = list(CONFIG.model_names())   # the roles measure() reports for a student
 
 
 def typed(record, **values):
@@ -46,19 +54,19 @@ def typed(record, **values):
 
 
 REFERENCE_VALUES = {
-    "ae": dict(mse=0.02, sample_fid=40, sample_confidence=0.6, sample_coverage=0.8,
-               interp_accept=0.5, interp_smoothness=0.3, interp_endpoints=1.0),
-    "vae_beta0": dict(mse=0.025, kl=250.0),
-    "vae_beta10": dict(mse=0.085, kl=0.01),
-    "vae_tuned": dict(mse=0.04, kl=25.0, sample_fid=10.0, sample_confidence=0.9,
-                      sample_coverage=1.0, interp_accept=0.8, interp_smoothness=0.2,
-                      interp_endpoints=0.875, sample_memorised=0.0),
-    BEST: dict(mse=0.04, kl=25.0, sample_fid=10.0),
+    "ae": {"mse": 0.02, "sample_fid": 40, "sample_confidence": 0.6, "sample_coverage": 0.8,
+           "interp_accept": 0.5, "interp_smoothness": 0.3, "interp_endpoints": 1.0},
+    "vae_beta0": {"mse": 0.025, "kl": 250.0},
+    "vae_beta10": {"mse": 0.085, "kl": 0.01},
+    "vae_tuned": {"mse": 0.04, "kl": 25.0, "sample_fid": 10.0, "sample_confidence": 0.9,
+                  "sample_coverage": 1.0, "interp_accept": 0.8, "interp_smoothness": 0.2,
+                  "interp_endpoints": 0.875, "sample_memorised": 0.0},
+    BEST: {"mse": 0.04, "kl": 25.0, "sample_fid": 10.0},
 }
 assert set(REFERENCE_VALUES) == {*STUDENT_ROLES, BEST}, "the roles the config and measure_reference use"
 
-GOOD_KL_UNIT = dict(rows=64, max_rel_error=1e-7, student_mean=30.0, analytic_mean=30.0)
-GOOD_REPARAM_UNIT = dict(mean_error=0.01, std_error=0.01, no_noise=False, draws=4096)
+GOOD_KL_UNIT = {"rows": 64, "max_rel_error": 1e-7, "student_mean": 30.0, "analytic_mean": 30.0}
+GOOD_REPARAM_UNIT = {"mean_error": 0.01, "std_error": 0.01, "no_noise": False, "draws": 4096}
 
 
 def reference_figures() -> dict[str, ModelFigures]:
@@ -107,13 +115,13 @@ def test_a_submission_equal_to_the_reference_gets_full_marks():
 
 
 def test_kl_sign_error_loses_the_kl_points_and_says_why():
-    m = measurement(kl_unit=dict(rows=64, max_rel_error=2.0, student_mean=-30.0, analytic_mean=30.0))
+    m = measurement(kl_unit={"rows": 64, "max_rel_error": 2.0, "student_mean": -30.0, "analytic_mean": 30.0})
     kl = by_id(m)["kl_divergence"]
     assert kl.points == 0 and "sign" in kl.message and "-30" in kl.message
 
 
 def test_reparameterize_without_noise():
-    m = measurement(reparam_unit=dict(mean_error=0.0, std_error=1.0, no_noise=True, draws=4096))
+    m = measurement(reparam_unit={"mean_error": 0.0, "std_error": 1.0, "no_noise": True, "draws": 4096})
     check = by_id(m)["reparameterize"]
     assert check.points == 0 and "no noise" in check.message
     assert check.reason == "gated" and check.missing == []
