@@ -1,10 +1,11 @@
 """Students' markdown answers as safe HTML, with `$...$` / `$$...$$` maths drawn as inline SVG.
 
 The answer's markdown goes through markdown-it-py with raw HTML disabled (so `<link>`, `<img>`
-and friends come out as visible text), the dollarmath plugin picks out the formulas, bleach
-keeps only a whitelist of formatting tags, and only then are the formulas put back as SVG made
-by ziamath (pure Python, no JavaScript or TeX install). A formula ziamath cannot draw is shown
-as its TeX source in a code span, so nothing the student wrote is silently lost.
+and friends come out as visible text), the dollarmath plugin picks out the formulas, nh3 (the
+maintained ammonia sanitizer; bleach is deprecated) keeps only a whitelist of formatting tags,
+and only then are the formulas put back as SVG made by ziamath (pure Python, no JavaScript or
+TeX install). A formula ziamath cannot draw is shown as its TeX source in a code span, so
+nothing the student wrote is silently lost.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import functools
 import re
 import xml.etree.ElementTree as ET
 
-import bleach
+import nh3
 import ziamath
 from markdown_it import MarkdownIt
 from markupsafe import Markup, escape
@@ -31,9 +32,9 @@ ALLOWED_TAGS = frozenset({
     "table", "thead", "tbody", "tr", "th", "td", "span", "div",
 })
 # No href/src/style anywhere: nothing a student writes may point the PDF renderer at a resource.
-ALLOWED_ATTRIBUTES = {"ol": ["start"], "span": ["class"], "div": ["class"]}
+ALLOWED_ATTRIBUTES = {"ol": {"start"}, "span": {"class"}, "div": {"class"}}
 
-# Formula placeholders, in Unicode private-use characters that survive markdown and bleach.
+# Formula placeholders, in Unicode private-use characters that survive markdown and the sanitizer.
 _OPEN, _CLOSE = "\ue000", "\ue001"
 _PLACEHOLDER = re.compile(f"{_OPEN}(\\d+){_CLOSE}")
 
@@ -113,8 +114,10 @@ def markdown_to_html(text: str) -> Markup:
     text = text.replace(_OPEN, "").replace(_CLOSE, "")
     formulas: list[tuple[str, bool]] = []
     html = _markdown_parser(formulas).render(text)
-    clean = bleach.clean(html, tags=ALLOWED_TAGS, attributes=ALLOWED_ATTRIBUTES, protocols=[],
-                         strip=True, strip_comments=True)
+    # Tags outside the whitelist are dropped and their text kept, and no URL scheme is allowed.
+    # No <a> is whitelisted, so there is no link to give a rel attribute to.
+    clean = nh3.clean(html, tags=set(ALLOWED_TAGS), attributes=ALLOWED_ATTRIBUTES, url_schemes=set(),
+                      link_rel=None, strip_comments=True)
 
     def restore(match: re.Match) -> str:
         index = int(match.group(1))
