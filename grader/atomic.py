@@ -1,27 +1,72 @@
-"""Atomic writes: a reader never sees a half-written file, a crash never leaves one behind."""
+"""Atomic writes: a reader never sees a half-written file, a crash never leaves one behind.
+
+The only place in the grader that writes a temporary file beside its target and renames it over
+the target: a file (`replacing`, `write_bytes`, `write_text`) or a folder of files
+(`write_directory`). The data is fsynced before the rename, so after a crash the name holds the
+old content or the whole new one, never an empty or partial file.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, Iterator, Mapping
+
+# Results, data files and the handout are read by people, tools and the sandboxed kernel (another
+# uid), not only by the grader: never mkstemp's private 0600.
+READABLE = 0o644
 
 
-def write_bytes(path: Path, data: bytes) -> None:
+class Discard(Exception):
+    """Raised inside a `replacing` block: the new data is dropped and the target stays as it was."""
+
+
+@contextlib.contextmanager
+def replacing(path: Path, mode: int = READABLE) -> Iterator[BinaryIO]:
+    """A binary handle on a temporary file beside `path` that takes path's place when the block
+    ends. An exception leaves `path` as it was and no temporary file behind; `Discard` is then
+    swallowed, any other exception goes on."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o644)  # results are read by people and tools other than the grader
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except Discard:
+        Path(tmp).unlink(missing_ok=True)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def write_text(path: Path, text: str) -> None:
-    write_bytes(path, text.encode("utf-8"))
+def write_bytes(path: Path, data: bytes, mode: int = READABLE) -> None:
+    with replacing(path, mode) as handle:
+        handle.write(data)
+
+
+def write_text(path: Path, text: str, mode: int = READABLE) -> None:
+    write_bytes(path, text.encode("utf-8"), mode)
+
+
+def write_directory(path: Path, files: Mapping[str, bytes]) -> None:
+    """A folder `path` holding `files` (name -> bytes) that readers see whole or not at all:
+    written into a temporary folder beside it, then renamed. `path` must not exist yet (a folder
+    cannot be renamed over a non-empty one); the caller removes an old one first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name[:16]}-", suffix=".tmp"))
+    try:
+        for name, data in files.items():
+            write_bytes(tmp / name, data)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 class CopyRefused(ValueError):

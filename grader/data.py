@@ -119,22 +119,13 @@ def _install_verified(target: Path, chunks: Iterable[bytes]) -> str | None:
     """
     expected = MNIST_MD5S[target.name]
     digest = hashlib.md5()
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # readable by the sandboxed kernel, which runs as another uid
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                digest.update(chunk)
-                f.write(chunk)
+    with atomic.replacing(target) as handle:   # world-readable: the sandboxed kernel is another uid
+        for chunk in chunks:
+            digest.update(chunk)
+            handle.write(chunk)
         if digest.hexdigest() != expected:
-            os.unlink(tmp)
-            return digest.hexdigest()
-        os.replace(tmp, target)
-        return None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+            raise atomic.Discard
+    return None if digest.hexdigest() == expected else digest.hexdigest()
 
 
 def _read_chunks(f: BinaryIO) -> Iterable[bytes]:

@@ -17,10 +17,8 @@ import hashlib
 import io
 import json
 import math
-import os
 import pickle
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -400,19 +398,13 @@ def _assemble(
 
 
 def _save_entry(entry: Path, meta: dict, states: dict[str, dict[str, torch.Tensor]]) -> None:
-    """Write the entry into a temp folder beside it, then rename: readers see all of it or none."""
+    """Write the entry as one folder: readers see all of it or none."""
     buffer = io.BytesIO()
     torch.save(states, buffer)
     raw = buffer.getvalue()
     meta = {**meta, "weights_sha256": _sha256_bytes(raw)}
-    tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name[:16]}-", suffix=".tmp"))
-    try:
-        (tmp / WEIGHTS_FILE).write_bytes(raw)
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
-        os.replace(tmp, entry)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    atomic.write_directory(entry, {WEIGHTS_FILE: raw,
+                                   META_FILE: json.dumps(meta, indent=1, sort_keys=True).encode("utf-8")})
 
 
 # --- building -----------------------------------------------------------------------------------

@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 import nbformat
 from nbformat import NotebookNode
 
+from grader import atomic
 from grader.config import AssignmentConfig, Question, load_config
 
 BEGIN = "### BEGIN SOLUTION"
@@ -132,19 +131,11 @@ def make_handout(solution: NotebookNode, config: AssignmentConfig) -> NotebookNo
 
 
 def write_notebook(nb: NotebookNode, path: Path) -> None:
-    """Validate, then write atomically (temp file in the same folder, os.replace)."""
+    """Validate, then write atomically, world-readable like the other shipped files; the text is
+    what nbformat.write gives (a final newline)."""
     nbformat.validate(nb)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)   # mkstemp's 0600 would make the shipped files private
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            nbformat.write(nb, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = nbformat.writes(nb)
+    atomic.write_text(path, text if text.endswith("\n") else text + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
