@@ -6,6 +6,7 @@ score -> CheckResult list; answers -> Answer list; grade -> SubmissionResult; re
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Literal, get_args
 
@@ -159,6 +160,56 @@ FIGURE_KINDS: tuple[FigureKind, ...] = get_args(FigureKind)
 FIGURE_SIDES: tuple[FigureSide, ...] = get_args(FigureSide)
 
 
+class EpochLosses(BaseModel):
+    """One epoch of a training history, as the handout asks for it: {"epoch", "rec", "kl"}."""
+
+    epoch: float
+    rec: float | None = None        # reconstruction loss; None where the entry had no number
+    kl: float | None = None
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _epochs(history: object) -> object:
+    """A kernel's history (anything JSON) as EpochLosses, read as leniently as the training curves
+    draw it: an entry that is not a mapping is left out, a missing or odd epoch is the entry's
+    position, a loss that is not a finite number is None; what is not a list has no entries."""
+    if not isinstance(history, (list, tuple)):
+        return []
+    entries = []
+    for position, entry in enumerate(history):
+        if isinstance(entry, EpochLosses):
+            entries.append(entry)
+        elif isinstance(entry, dict):
+            epoch = entry.get("epoch", position)
+            entries.append(EpochLosses(epoch=float(epoch) if isinstance(epoch, (int, float)) else float(position),
+                                       rec=_number(entry.get("rec")), kl=_number(entry.get("kl"))))
+    return entries
+
+
+class TrainingHistories(BaseModel):
+    """The training histories the notebook kept, by model kind: what the training curves draw."""
+
+    ae: list[EpochLosses] | None = None          # None: the notebook kept no autoencoder history
+    vae: dict[str, list[EpochLosses]] = {}       # by β, as the notebook keyed them
+
+    @field_validator("ae", mode="before")
+    @classmethod
+    def _ae_epochs(cls, history: object) -> object:
+        return None if history is None else _epochs(history)
+
+    @field_validator("vae", mode="before")
+    @classmethod
+    def _vae_epochs(cls, histories: object) -> object:
+        if not isinstance(histories, dict):
+            return {}
+        return {str(beta): _epochs(history) for beta, history in histories.items()}
+
+
 class SubmissionResult(BaseModel):
     submission: str
     status: Status
@@ -176,7 +227,7 @@ class SubmissionResult(BaseModel):
     errors: list[str] = []
     sandbox_warnings: list[str] = []
     figures: list[FigureRef] = []             # the PNGs next to result.json, in the order drawn
-    histories: dict = {}                       # {"ae": [...], "vae": {beta: [...]}} when kept
+    histories: TrainingHistories = Field(default_factory=TrainingHistories)
     grader_version: str = ""
     device: str = ""
     graded_at: str = ""

@@ -14,7 +14,7 @@ import numpy as np
 from . import figures
 from .measure import SampleCaptions
 from .probe import ProbeData
-from .records import FigureKind, FigureRef, FigureSide
+from .records import FigureKind, FigureRef, FigureSide, TrainingHistories
 
 N_RECON = 10   # test images shown reconstructed
 N_SAMPLES = 20  # prior samples shown per model
@@ -28,7 +28,12 @@ def _images(array: np.ndarray | None, count: int) -> np.ndarray | None:
     return array.reshape(-1, 28, 28)[:count]
 
 
-def histories_for_figures(values: dict) -> dict:
+def histories_for_figures(values: dict) -> TrainingHistories:
+    """The histories the kernel kept, as the record that result.json holds and the curves draw."""
+    return TrainingHistories.model_validate(_kernel_histories(values))
+
+
+def _kernel_histories(values: dict) -> dict:
     return {"ae": values.get("ae_history"), "vae": values.get("vae_histories") or {}}
 
 
@@ -72,5 +77,5 @@ def write_figures(out: Path, ctx, student: ProbeData, reference: ProbeData, meas
         rows = [None if a is None else a.reshape(N_PATHS, steps, 28, 28) for a in (mine, theirs)]
         keep("interpolation", role, figures.interpolation_png(out / f"interp_{role}.png", *rows))
     keep("training_curves", None,
-         figures.training_curves_png(out / "training_curves.png", histories_for_figures(student.values)))
+         figures.training_curves_png(out / "training_curves.png", histories_for_figures(student.values).model_dump()))
     return written

@@ -19,12 +19,14 @@ from grader.mathtext import markdown_to_html, tex_to_svg
 from grader.records import (
     Answer,
     CellRun,
+    EpochLosses,
     FigureRef,
     KLUnitFigures,
     Metrics,
     ModelFigures,
     ReparamUnitFigures,
     SubmissionResult,
+    TrainingHistories,
 )
 from grader.report import (
     DataOnlyFetcher,
@@ -442,6 +444,23 @@ def test_students_html_cannot_reach_the_grader_files(tmp_path, secret):
 
 
 # --- figures ----------------------------------------------------------------------------------
+
+
+def test_training_histories_keep_what_the_curves_draw(tmp_path):
+    """A kernel's histories (any JSON) as records: entries that are no mapping left out, an odd
+    epoch the entry's position, a loss that is no finite number None; the curves drawn from the
+    record are the curves drawn from the kernel's values."""
+    kernel = {"ae": [{"epoch": 1, "rec": 3.0}, "junk", {"rec": 2.0, "kl": "x"}, {"epoch": "one", "rec": float("inf")}],
+              "vae": {"0.0": [{"epoch": 1, "rec": 28.0, "kl": 90.0}, {"epoch": 2, "rec": 27.0, "kl": 95.0}],
+                      "tuned": "not a list"}}
+    histories = TrainingHistories.model_validate(kernel)
+    assert histories.ae == [EpochLosses(epoch=1, rec=3.0), EpochLosses(epoch=2, rec=2.0), EpochLosses(epoch=3)]
+    assert histories.vae == {"0.0": [EpochLosses(epoch=1, rec=28.0, kl=90.0), EpochLosses(epoch=2, rec=27.0, kl=95.0)],
+                             "tuned": []}
+    assert TrainingHistories.model_validate_json(histories.model_dump_json()) == histories
+    assert TrainingHistories.model_validate({"vae": ["not", "by", "beta"]}) == TrainingHistories()
+    drawn = figures.training_curves_png(tmp_path / "kernel.png", kernel)
+    assert figures.training_curves_png(tmp_path / "record.png", histories.model_dump()).read_bytes() == drawn.read_bytes()
 
 
 def test_image_grid_is_drawn_pixel_for_pixel_with_captions_above_the_tiles(tmp_path):
