@@ -44,6 +44,7 @@ from .hints import hint_for
 from .inject import inject_parameters, is_injected, locate_parameters, placement_warning, without_injected
 from .records import CellRun, ExecutionResult, Status
 from .probe import VALUES_FILE, WEIGHTS_FILE
+from .text import strip_ansi
 from .sandbox import Sandbox, SandboxedKernelManager, SandboxError, remove_tree
 
 SUBMISSION_COPY = "submitted.ipynb"
@@ -59,15 +60,9 @@ MAX_ERROR_CHARS = 2_000        # CellRun.error ("Name: value")
 MAX_TRACEBACK_CHARS = 20_000   # CellRun.traceback
 MAX_NOTEBOOK_BYTES = 100 * 2**20  # a submission larger than this is invalid, not read
 
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
-
 
 class NotebookInvalid(GraderError):
     """The submission is not a readable Jupyter notebook."""
-
-
-def strip_ansi(text: str) -> str:
-    return _ANSI.sub("", text)
 
 
 def read_submission(path: Path, max_bytes: int | None = None) -> bytes:

@@ -42,6 +42,7 @@ from .errors import GraderError
 from .figures import score_histogram_png
 from .mathtext import markdown_to_html
 from .paths import TEMPLATES_DIR
+from .text import strip_ansi
 from .records import CellRun, CheckResult, FigureKind, FigureRef, FinalGrade, ModelFigures, RubricItem, SubmissionResult
 
 REPORT_TEMPLATE = "report.html.j2"
@@ -64,7 +65,6 @@ MAX_CELLS = 300
 MAX_SOURCE_HEAD_CHARS = 100
 MAX_FIGURE_BYTES = 8_000_000
 
-ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
 FAILED_CELL = {"error", "timeout", "crashed"}
 
 STATUS_TEXT = {
@@ -169,10 +169,6 @@ def fmt_value(value: object) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
-
-
-def strip_ansi(text: str) -> str:
-    return ANSI_ESCAPE.sub("", text)
 
 
 def cap_text(text: str, limit: int, keep: str = "head") -> tuple[str, int]:

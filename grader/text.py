@@ -1,0 +1,14 @@
+"""Plain-text helpers shared by the execution, the report and the marking code (no torch here:
+the report imports this)."""
+
+from __future__ import annotations
+
+import re
+
+# An ECMA-48 control sequence (CSI): ESC [, parameter bytes 0x30-0x3F, intermediate bytes
+# 0x20-0x2F, one final byte 0x40-0x7E; IPython's coloured tracebacks are made of these.
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+
+
+def strip_ansi(text: str) -> str:
+    return ANSI_ESCAPE.sub("", text)
