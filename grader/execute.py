@@ -16,7 +16,6 @@ The submission file itself is only read; the kernel works on a copy in the scrat
 from __future__ import annotations
 
 import asyncio
-import atexit
 import errno
 import json
 import os
@@ -27,25 +26,30 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from queue import Empty
 from subprocess import DEVNULL, PIPE
 from time import monotonic
 
 import nbformat
 from nbclient import NotebookClient
-from nbclient.exceptions import CellControlSignal, CellTimeoutError, DeadKernelError
+from nbclient.exceptions import CellControlSignal, DeadKernelError
 from nbformat import NotebookNode
 
+from . import atomic
 from .config import AssignmentConfig
 from .devices import Slot, setup_code
 from .errors import GraderError
-from . import atomic
 from .hints import hint_for
-from .inject import inject_parameters, is_injected, locate_parameters, placement_warning, without_injected
-from .records import CellRun, ExecutionResult, Status
+from .inject import (
+    inject_parameters,
+    is_injected,
+    locate_parameters,
+    placement_warning,
+    without_injected,
+)
 from .probe import VALUES_FILE, WEIGHTS_FILE
-from .text import strip_ansi
+from .records import CellRun, ExecutionResult, Status
 from .sandbox import Sandbox, SandboxedKernelManager, SandboxError, remove_tree
+from .text import strip_ansi
 
 SUBMISSION_COPY = "submitted.ipynb"
 EXECUTED_NOTEBOOK = "executed.ipynb"
@@ -267,9 +271,8 @@ def _comm_size(msg: dict) -> int:
 
 
 class SandboxClient(NotebookClient):
-    """nbclient's client with a float time budget per cell, timeouts that interrupt and then wait
-    a grace period (nbclient's own would wait a whole cell budget again), the last execute_reply
-    kept for the cell's record, and caps on everything a kernel sends that the grader keeps:
+    """nbclient's client with the last execute_reply kept for the cell's record (the public
+    on_cell_executed hook) and caps on everything a kernel sends that the grader keeps:
 
     - outputs: output_bytes per cell, display updates included (nbclient rewrites every output
       shown under a display id in place, outside output());
@@ -290,36 +293,22 @@ class SandboxClient(NotebookClient):
             shutdown_kernel="immediate",
             startup_timeout=KERNEL_STARTUP_S,
             iopub_timeout=IOPUB_TIMEOUT_S,          # a big output may still be in flight after the reply
-            timeout_func=lambda cell: self.cell_budget,
+            timeout=None,   # each cell's budget is kept by _execute_within (an interrupt, then a grace)
         )
         self.sandbox = sandbox
         self.stderr_tail: _StderrTail | None = None
-        self.cell_budget: float | None = None
         self.output_bytes = output_bytes
-        self.timed_out = False
         self.last_reply: dict | None = None
         self.dropped_messages = 0
         self.widget_state_capped = False   # some widget state passed the cap and was not kept
         self._kept: dict[int, int] = {}
         self._sizes: dict[int, dict[int, int]] = {}  # cell -> output index -> size, for display outputs
-        self._truncated: set[int] = set()
+        self.truncated_cells: set[int] = set()    # cells whose output passed the cap
         self._widget_bytes = 0
         self.on_cell_executed = self._keep_reply
 
     def _keep_reply(self, cell: NotebookNode, cell_index: int, execute_reply: dict) -> None:
         self.last_reply = execute_reply
-
-    async def _async_handle_timeout(self, timeout: float, cell: NotebookNode | None = None) -> dict:
-        """Interrupt; the interrupted cell's reply (a KeyboardInterrupt error) ends its wait."""
-        self.timed_out = True
-        await self.km.interrupt_kernel()
-        try:
-            return await self.kc.shell_channel.get_msg(timeout=INTERRUPT_GRACE_S)
-        except Empty:
-            await self._async_check_alive()  # DeadKernelError if it died meanwhile
-            raise CellTimeoutError.error_from_timeout_and_cell(
-                "the kernel did not respond to an interrupt", timeout, cell
-            ) from None
 
     def process_message(self, msg, cell, cell_index):
         try:
@@ -350,9 +339,9 @@ class SandboxClient(NotebookClient):
                 index = self._display_id_map[display_id][cell_index][-1]
                 self._sizes.setdefault(cell_index, {})[index] = size
             return out
-        if cell_index in self._truncated:
+        if cell_index in self.truncated_cells:
             return None
-        self._truncated.add(cell_index)
+        self.truncated_cells.add(cell_index)
         self._kept[cell_index] = self.output_bytes
         marker = TRUNCATED.format(limit=self.output_bytes)
         if msg["msg_type"] == "stream":
@@ -384,7 +373,10 @@ class SandboxClient(NotebookClient):
     def _update_display_id(self, display_id, msg):
         """nbclient's in-place rewrite of every output shown under display_id, each cell's share
         charged to that cell's budget; a share that does not fit leaves the outputs as they were
-        and marks the first."""
+        and marks the first.
+
+        The one private nbclient hook the grader overrides (with its _display_id_map): no public
+        one sees a display update, hence nbclient's upper bound in pyproject.toml."""
         if display_id not in self._display_id_map:
             return
         header = msg["header"]
@@ -395,8 +387,8 @@ class SandboxClient(NotebookClient):
             indices = [i for i in indices if i < len(outputs)]
             room = self.output_bytes - self._kept.get(cell_index, 0) + sum(sizes.get(i, 0) for i in indices)
             if size * len(indices) > room:
-                if indices and cell_index not in self._truncated:
-                    self._truncated.add(cell_index)
+                if indices and cell_index not in self.truncated_cells:
+                    self.truncated_cells.add(cell_index)
                     outputs[indices[0]]["data"] = {"text/plain": TRUNCATED.format(limit=self.output_bytes)}
                 continue
             for i in indices:
@@ -492,18 +484,54 @@ class _CellOutcome:
     kernel_alive: bool = True
 
 
+def _replied(cell: NotebookNode) -> bool:
+    """Whether the kernel's execute_reply to cell has come: nbclient records its time (record_timing)
+    as it arrives, before waiting for the cell's last outputs, which may trail it."""
+    return "shell.execute_reply" in cell.metadata.get("execution", {})
+
+
+async def _finishes(execution: asyncio.Future, cell: NotebookNode, seconds: float) -> bool:
+    """Whether the cell's execution ends, or its reply comes, within seconds."""
+    await asyncio.wait({execution}, timeout=seconds)
+    return execution.done() or _replied(cell)
+
+
+async def _execute_within(client: SandboxClient, cell: NotebookNode, index: int, budget: float, *,
+                          store_history: bool) -> str:
+    """Run cell through nbclient within budget seconds: past it the kernel is interrupted, and a
+    kernel still running INTERRUPT_GRACE_S later is stopped. How the cell ended: "finished",
+    "interrupted" or "stopped"; DeadKernelError when the kernel died by itself.
+
+    The budget is kept here with the kernel manager's public interrupt_kernel and shutdown_kernel:
+    nbclient's interrupt_on_timeout waits a whole budget again after each interrupt and never
+    gives up on a kernel that ignores it, and its error_on_timeout ends the cell without the
+    kernel's reply (the KeyboardInterrupt traceback the report shows)."""
+    execution = asyncio.ensure_future(client.async_execute_cell(cell, index, store_history=store_history))
+    if await _finishes(execution, cell, budget):
+        await execution
+        return "finished"
+    await client.km.interrupt_kernel()
+    if await _finishes(execution, cell, INTERRUPT_GRACE_S):
+        await execution  # DeadKernelError if it died meanwhile
+        return "interrupted"
+    await client.km.shutdown_kernel(now=True)
+    try:
+        await execution
+    except DeadKernelError:  # nbclient notices the stopped kernel within its 1 s liveness poll
+        pass
+    return "stopped"
+
+
 async def _run_cell(client: SandboxClient, cell: NotebookNode, index: int, budget: float, *,
                     store_history: bool = True) -> _CellOutcome:
-    client.cell_budget = max(budget, 0.01)
-    client.timed_out, client.last_reply = False, None
+    client.last_reply = None
     started = monotonic()
     try:
-        await client.async_execute_cell(cell, index, store_history=store_history)
+        ending = await _execute_within(client, cell, index, max(budget, 0.01), store_history=store_history)
     except DeadKernelError:
         reason = await _death_reason(client)
         return _CellOutcome("crashed", monotonic() - started, f"KernelDied: {reason}", kernel_alive=False)
-    except CellTimeoutError:
-        await client.km.shutdown_kernel(now=True)
+    if ending == "stopped":
         return _CellOutcome("timeout", monotonic() - started,
                             f"Timeout: the cell ran longer than {budget:.0f} s and ignored the interrupt; "
                             "the kernel was stopped", kernel_alive=False)
@@ -511,7 +539,7 @@ async def _run_cell(client: SandboxClient, cell: NotebookNode, index: int, budge
     content = (client.last_reply or {}).get("content", {})
     traceback = strip_ansi("\n".join(content.get("traceback", []))) or None
     traceback = traceback and _shorten(traceback, MAX_TRACEBACK_CHARS)
-    if client.timed_out:
+    if ending == "interrupted":
         return _CellOutcome("timeout", seconds, f"Timeout: the cell ran longer than {budget:.0f} s and was interrupted", traceback)
     if content.get("status") == "error":
         name, value = content.get("ename", "Error"), content.get("evalue", "")
@@ -539,26 +567,27 @@ async def _run_notebook(nb: NotebookNode, sandbox: Sandbox, *, probe_code: str |
                                             stdout=DEVNULL, stderr=PIPE)
         launcher = client.km.provisioner.process
         client.stderr_tail = _StderrTail(launcher.stderr)
-        # Connects and waits for the kernel's first reply; on leaving, kills the kernel and waits
-        # for its launcher (nbclient leaves a kernel manager it was given running otherwise).
-        kernel = client.async_setup_kernel(cleanup_kc=True)
-        await kernel.__aenter__()
-        _restore_default_signals()
+        # Connects and waits for the kernel's first reply, here rather than inside
+        # async_setup_kernel: a client that fails to start stops its kernel itself, and
+        # async_setup_kernel registers an atexit cleanup that it leaves behind when a start fails.
+        await client.async_start_new_kernel_client()
     except Exception as exc:
-        atexit.unregister(client._cleanup_kernel)  # nbclient leaves it registered on failure
         await asyncio.sleep(0.1)
         tail = client.stderr_tail.text() if client.stderr_tail else ""
         await _reap(launcher)
         raise SandboxError(f"the sandboxed kernel did not start ({exc}); its error output:\n{tail}") from exc
     try:
-        alive = await _run_setup(client, nb, run, setup, cell_timeout) if setup else True
-        alive = await _run_cells(client, nb, run, cell_timeout, notebook_timeout, alive=alive)
-        if probe_code is not None and not alive:
-            run.probe_error = "the probe did not run: the kernel had died or been stopped"
-        elif probe_code is not None:
-            await _run_probe(client, nb, run, probe_code, cell_timeout)
+        # On leaving, kills the kernel and stops the channels (nbclient leaves a kernel manager it
+        # was given running otherwise); then the launcher is waited for.
+        async with client.async_setup_kernel(cleanup_kc=True):
+            _restore_default_signals()
+            alive = await _run_setup(client, nb, run, setup, cell_timeout) if setup else True
+            alive = await _run_cells(client, nb, run, cell_timeout, notebook_timeout, alive=alive)
+            if probe_code is not None and not alive:
+                run.probe_error = "the probe did not run: the kernel had died or been stopped"
+            elif probe_code is not None:
+                await _run_probe(client, nb, run, probe_code, cell_timeout)
     finally:
-        await kernel.__aexit__(None, None, None)
         await _reap(launcher)
     client.set_widgets_metadata()
     if client.dropped_messages:
@@ -646,7 +675,7 @@ async def _run_cells(client: SandboxClient, nb: NotebookNode, run: _Run, cell_ti
             run.errors.append(f"{where}: {outcome.error.removeprefix('KernelDied: ')}; the cells after it were not run")
         elif outcome.status == "timeout":
             run.errors.append(f"{where}: {outcome.error.removeprefix('Timeout: ')}")
-        if index in client._truncated:  # the student should know why the report shows less
+        if index in client.truncated_cells:  # the student should know why the report shows less
             run.errors.append(f"{where}: its output passed the grader's output cap of {client.output_bytes} "
                               "bytes and was truncated")
     if alive and monotonic() >= deadline and any(c.status == "not_run" for c in run.cells):
