@@ -42,7 +42,7 @@ from .errors import GraderError
 from .figures import score_histogram_png
 from .mathtext import markdown_to_html
 from .paths import TEMPLATES_DIR
-from .text import strip_ansi
+from .text import format_decimal, strip_ansi
 from .records import CellRun, CheckResult, FigureKind, FigureRef, FinalGrade, ModelFigures, RubricItem, SubmissionResult
 
 REPORT_TEMPLATE = "report.html.j2"
@@ -142,7 +142,8 @@ def fmt_number(value: float | int | None, digits: int = 4) -> str:
 
 
 def fmt_points(value: float) -> str:
-    return f"{round(value, 2):g}"
+    """Points in the PDF: two decimals at most (17.5, 8.33)."""
+    return format_decimal(value, 2)
 
 
 def fmt_seconds(value: float) -> str:

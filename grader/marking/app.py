@@ -44,6 +44,7 @@ from ..errors import GraderError
 from ..mathtext import markdown_to_html
 from ..paths import TEMPLATES_DIR
 from ..records import Mark, SubmissionResult
+from ..text import format_decimal
 from .final import RESULT_JSON, load_results
 from .store import MarkConflict, MarkingError, MarkStore
 
@@ -343,8 +344,8 @@ class MarkingApp:
 def _points(value: float | None) -> str:
     if value is None:
         return "—"
-    text = f"{value:+.2f}".rstrip("0").rstrip(".")
-    return "0" if text in ("+0", "-0") else text
+    text = format_decimal(value, 2)   # as the PDF writes points, with a sign on a change
+    return text if text == "0" or text.startswith("-") else "+" + text
 
 
 def create_app(

@@ -48,6 +48,7 @@ from pathlib import Path
 from .. import atomic
 from ..config import AssignmentConfig, Question
 from ..records import Mark, RubricItem
+from ..text import format_decimal
 from .csvfile import read_utf8, records_by_header
 from .final import load_results
 from .store import MarkChange, MarkingError, MarkStore
@@ -85,9 +86,9 @@ def unguard_cell(text: str) -> str:
 
 
 def format_number(value: float) -> str:
-    """Points as a spreadsheet shows them: 1, 0.5, -1.25 (no trailing zeros, no exponent)."""
-    text = f"{round(value, 6):.6f}".rstrip("0").rstrip(".")
-    return "0" if text in ("", "-0") else text
+    """Points as a spreadsheet shows them: 1, 0.5, -1.25; six decimals, so that what is read
+    back is the number that was written."""
+    return format_decimal(value, 6)
 
 
 def item_header(item: RubricItem) -> str:
