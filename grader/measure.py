@@ -3,7 +3,7 @@
 Everything here runs in the grader's process on outputs of models the grader built and ran
 itself (probe.probe_models; the student's from their weights) and on the unit checker's arrays;
 the classifier judges samples and interpolations, an image bank spots memorised samples. A part the probe could not produce is reported in
-`Measurement.missing` with the reason, and costs only the checks that depend on it.
+`StudentMeasurement.missing` (grader/records.py) with the reason, and costs only the checks that depend on it.
 """
 
 from __future__ import annotations
@@ -17,8 +17,15 @@ from . import metrics
 from .classifier import classify
 from .config import AssignmentConfig
 from .probe import ProbeData, ProbeInputs
-from .records import KLUnitFigures, Metrics, ModelFigures, ReparamUnitFigures
-from .score import BEST, Measurement
+from .records import (
+    KLUnitFigures,
+    Metrics,
+    ModelFigures,
+    ReparamUnitFigures,
+    SampleCaptions,
+    StudentMeasurement,
+)
+from .score import BEST
 from .unitcheck import UnitInputs
 
 IMAGE_SIZE = 28 * 28
@@ -70,20 +77,6 @@ def endpoint_share(probs: torch.Tensor, pairs: int, steps: int, start_label: int
     between blobs that the classifier calls anything is no interpolation between two digits."""
     labels = probs.reshape(pairs, steps, -1).argmax(dim=2)
     return ((labels[:, 0] == start_label) & (labels[:, -1] == end_label)).double().mean().item()
-
-
-@dataclass
-class SampleCaptions:
-    """The classifier's verdict on each of a model's prior samples, from the classification the
-    sample checks used: the figures caption the samples they show with it."""
-
-    labels: np.ndarray        # [N] int64, the most probable digit
-    confidences: np.ndarray   # [N] float32, its probability
-
-    @classmethod
-    def of(cls, probs: torch.Tensor) -> SampleCaptions:
-        confidence, label = probs.max(dim=1)
-        return cls(labels=label.numpy(), confidences=confidence.numpy())
 
 
 @dataclass
@@ -212,13 +205,6 @@ def measure_reference(reference: ProbeData, reference_best: ProbeData, inputs: P
     tuned_role = next(iter(_sample_roles(config)), "vae_tuned")
     figures[BEST] = model_figures(reference_best, tuned_role, inputs, judge)
     return ReferenceMeasurement(figures, captions)
-
-
-@dataclass
-class StudentMeasurement(Measurement):
-    """What scoring needs, plus what the figures reuse: the student's samples' captions."""
-
-    captions: dict[str, SampleCaptions] = field(default_factory=dict)
 
 
 def measure(

@@ -1,16 +1,21 @@
 """Plain typed records the pipeline stages hand each other (and write as result.json).
 
-execute -> ExecutionResult; probe -> ProbeData (arrays, in grader/probe.py); measure -> Metrics;
-score -> CheckResult list; answers -> Answer list; grade -> SubmissionResult; report reads that.
+execute -> ExecutionResult; probe -> ProbeData (arrays, in grader/probe.py); measure ->
+StudentMeasurement (Metrics, what could not be measured, the samples' captions); score -> CheckResult list; answers -> Answer list; grade -> SubmissionResult; report reads that.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from typing import Literal, get_args
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, get_args
 
+import numpy as np
 from pydantic import BaseModel, Field, field_validator
+
+if TYPE_CHECKING:  # SampleCaptions.of takes the classifier's tensor; the report must not import torch
+    import torch
 
 Status = Literal["graded", "error", "timeout", "crashed", "invalid"]
 CellStatus = Literal["ok", "error", "timeout", "crashed", "not_run"]
@@ -124,6 +129,41 @@ class Metrics(BaseModel):
     reparam_unit: ReparamUnitFigures | None = None
     reference_good_betas: list[float] = []
     reference_best_beta: float | None = None
+
+
+# --- The measure stage's output (grader/measure.py): what scoring and the figures read ----------
+
+
+@dataclass
+class SampleCaptions:
+    """The classifier's verdict on each of a model's prior samples, from the classification the
+    sample checks used: the figures caption the samples they show with it."""
+
+    labels: np.ndarray        # [N] int64, the most probable digit
+    confidences: np.ndarray   # [N] float32, its probability
+
+    @classmethod
+    def of(cls, probs: torch.Tensor) -> SampleCaptions:
+        confidence, label = probs.max(dim=1)
+        return cls(labels=label.numpy(), confidences=confidence.numpy())
+
+
+@dataclass
+class Measurement:
+    """What scoring needs: the metrics plus why a part could not be measured."""
+
+    metrics: Metrics
+    missing: dict[str, str] = field(default_factory=dict)   # part -> reason (probe errors, ...)
+    best_beta: float | None = None
+    assessable: bool = True
+    assessable_reason: str = ""
+
+
+@dataclass
+class StudentMeasurement(Measurement):
+    """What scoring needs, plus what the figures reuse: the student's samples' captions."""
+
+    captions: dict[str, SampleCaptions] = field(default_factory=dict)
 
 
 FigureKind = Literal["reconstructions", "samples", "interpolation", "training_curves"]

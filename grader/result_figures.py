@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from . import figures
-from .measure import SampleCaptions
 from .probe import ProbeData
-from .records import FigureKind, FigureRef, FigureSide, TrainingHistories
+from .records import FigureKind, FigureRef, FigureSide, SampleCaptions, TrainingHistories
 
 N_RECON = 10   # test images shown reconstructed
 N_SAMPLES = 20  # prior samples shown per model

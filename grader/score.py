@@ -8,7 +8,6 @@ parameters, quality checks are "not assessable": they neither award nor withhold
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 from .config import (
     AssignmentConfig,
@@ -22,18 +21,7 @@ from .config import (
     ReparamUnitCheck,
     SampleQualityCheck,
 )
-from .records import CheckReason, CheckResult, Metrics, ModelFigures
-
-
-@dataclass
-class Measurement:
-    """What scoring needs: the metrics plus why a part could not be measured."""
-
-    metrics: Metrics
-    missing: dict[str, str] = field(default_factory=dict)   # part -> reason (probe errors, ...)
-    best_beta: float | None = None
-    assessable: bool = True
-    assessable_reason: str = ""
+from .records import CheckReason, CheckResult, Measurement, ModelFigures
 
 
 def linear_credit(value: float, full_at: float, zero_at: float) -> float:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from grader import models
 from grader.metrics import (
     FeatureStats,
     FrechetDistance,
@@ -70,6 +71,19 @@ def test_kl_closed_form_by_hand():
     metric.update(mu[:1], log_sigma[:1])
     metric.update(mu[1:], log_sigma[1:])
     assert metric.compute() == pytest.approx(sum(expected) / 3)
+
+
+def test_training_loss_and_metric_share_the_closed_form():
+    """The loss keeps the model's dtype and gradient; the metric is the same numbers in float64."""
+    mu = torch.tensor([[0.5, -1.0], [2.0, 0.0]], requires_grad=True)
+    log_sigma = torch.tensor([[0.1, -0.3], [0.0, 1.0]], requires_grad=True)
+    loss = models.kl_divergence(mu, log_sigma)
+    assert loss.dtype == torch.float32 and loss.requires_grad
+    loss.sum().backward()
+    assert mu.grad.tolist() == pytest.approx(mu.detach().tolist())   # d KL / d mu = mu
+    metric = kl_to_standard_normal(mu, log_sigma)
+    assert metric.dtype == torch.float64 and not metric.requires_grad
+    assert metric.tolist() == pytest.approx(loss.tolist(), rel=1e-6)
 
 
 def test_kl_relative_error():

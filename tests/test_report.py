@@ -22,6 +22,7 @@ from grader.records import (
     EpochLosses,
     FigureRef,
     KLUnitFigures,
+    Measurement,
     Metrics,
     ModelFigures,
     ReparamUnitFigures,
@@ -39,7 +40,7 @@ from grader.report import (
     render_summary,
     rerender,
 )
-from grader.score import Measurement, score_checks, totals
+from grader.score import score_checks, totals
 
 CONFIG = load_config()
 GRADED_AT = "2026-11-25T14:16:00+00:00"

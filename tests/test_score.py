@@ -5,11 +5,9 @@ from __future__ import annotations
 import pytest
 
 from grader.config import load_config
-from grader.measure import StudentMeasurement
-from grader.records import KLUnitFigures, Metrics, ModelFigures, ReparamUnitFigures
+from grader.records import KLUnitFigures, Measurement, Metrics, ModelFigures, ReparamUnitFigures, StudentMeasurement
 from grader.score import (
     BEST,
-    Measurement,
     higher_credit,
     linear_credit,
     lower_credit,
