@@ -14,10 +14,10 @@ The student's functions (KL, reparameterization) are checked by `unitcheck.py` i
 
 from __future__ import annotations
 
-import inspect
 import json
 import zipfile
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from .config import AssignmentConfig
 
 WEIGHTS_FILE = "weights.npz"
 VALUES_FILE = "probe.json"
+KERNEL_EXPORT_MODULE = "kernel_export.py"   # the export's source, sent to the kernel as text
 MAX_VALUES_BYTES = 5_000_000
 
 
@@ -77,81 +78,7 @@ def _pick_label(rng: np.random.Generator, labels: np.ndarray, label: int, count:
     return rng.choice(candidates, size=count, replace=len(candidates) < count)
 
 
-# --- in the kernel ------------------------------------------------------------------------------
-
-
-def run_export(namespace: dict, spec: dict, workdir: str = ".") -> None:
-    """Hands back each model's weights (tensors only) and plain values; computes nothing.
-
-    Self-contained (its imports inside) because its source is sent to the student's kernel. What
-    it writes is untrusted all the same: the grader bounds and validates every byte it reads.
-    """
-    import json
-    import math
-    import os
-
-    import numpy as np
-    import torch
-
-    arrays, errors, values = {}, {}, {}
-
-    def export_model(role, var):
-        model = namespace.get(var)
-        if model is None:
-            raise NameError(f"name {var!r} is not defined")
-        if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"{var} is a {type(model).__name__}, not a torch.nn.Module")
-        total = 0
-        for name, tensor in model.state_dict().items():
-            if not isinstance(tensor, torch.Tensor):
-                raise TypeError(f"{var}.state_dict()[{name!r}] is not a tensor")
-            total += tensor.numel()
-            if total > spec["max_elements"]:
-                raise ValueError(f"{var} has more than {spec['max_elements']} weights")
-            arrays[f"{role}/{name}"] = tensor.detach().to("cpu", torch.float32).numpy()
-
-    for role, var in spec["models"].items():
-        try:
-            export_model(role, var)
-        except Exception as exc:  # the student's objects may raise anything
-            errors[role] = f"{type(exc).__name__}: {exc}"[:500]
-            for key in [k for k in arrays if k.startswith(role + "/")]:
-                del arrays[key]
-
-    def plain(value, depth=0):
-        """JSON-able copy of a history (numbers, lists, dicts), or raise."""
-        if depth > 4:
-            raise TypeError("nested too deeply")
-        if isinstance(value, dict):
-            return {str(k)[:50]: plain(v, depth + 1) for k, v in list(value.items())[: spec["max_history"]]}
-        if isinstance(value, (list, tuple)):
-            return [plain(v, depth + 1) for v in list(value)[: spec["max_history"]]]
-        if hasattr(value, "item"):
-            value = value.item()
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value) if math.isfinite(value) else None
-        if isinstance(value, str):
-            return value[:100]
-        raise TypeError(f"unsupported {type(value).__name__}")
-
-    beta = namespace.get(spec["best_beta"])
-    try:
-        values["best_beta"] = float(beta) if beta is not None else None
-    except (TypeError, ValueError):
-        errors["best_beta"] = f"{spec['best_beta']} is not a number: {beta!r}"[:200]
-    for key, var in spec["histories"].items():
-        history = namespace.get(var)
-        if history is None:
-            continue
-        try:
-            if hasattr(history, "__len__") and len(history) > spec["max_history"]:
-                errors[key] = f"{var} has {len(history)} entries; the first {spec['max_history']} are drawn"
-            values[key] = plain(history)
-        except Exception as exc:
-            errors[key] = f"{type(exc).__name__}: {exc}"[:200]
-    np.savez(os.path.join(workdir, spec["weights_file"]), **arrays)
-    with open(os.path.join(workdir, spec["values_file"]), "w") as handle:
-        json.dump({"errors": errors, "values": values}, handle)
+# --- in the kernel (the export itself: kernel_export.py) ----------------------------------------
 
 
 def export_spec(config: AssignmentConfig) -> dict:
@@ -169,12 +96,18 @@ def export_spec(config: AssignmentConfig) -> dict:
 
 
 def export_code(config: AssignmentConfig) -> str:
-    """Source sent to the kernel: the export function, then one call on the kernel's globals."""
+    """Source sent to the kernel: the text of kernel_export.py, then one call of its run_export on
+    the kernel's globals, which then lose the name again."""
     spec = json.dumps(export_spec(config))
     return (
-        inspect.getsource(run_export)
+        export_source()
         + f"\nrun_export(globals(), __import__('json').loads({spec!r}))\ndel run_export\n"
     )
+
+
+def export_source() -> str:
+    """kernel_export.py as text, read as a package resource (an installed grader has it too)."""
+    return resources.files(__package__).joinpath(KERNEL_EXPORT_MODULE).read_text(encoding="utf-8")
 
 
 # --- back in the grader ---------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import shutil
 from pathlib import Path
 
@@ -34,6 +35,7 @@ def edit(path: Path) -> None:
 
 @pytest.mark.parametrize("changed, redone", [
     ("probe.py", (True, True, False)),          # what the kernel hands back: run and result again
+    ("kernel_export.py", (True, True, False)),  # the export's text, run in the kernel
     ("sandbox.py", (True, True, False)),
     ("score.py", (False, True, False)),         # points only: re-score, reuse the run
     ("metrics/frechet.py", (False, True, False)),
@@ -46,6 +48,29 @@ def test_each_source_changes_the_digests_of_the_stages_that_use_it(package_copy,
     edit(root / changed)
     after = digests(root, templates)
     assert tuple(a != b for a, b in zip(before, after)) == redone
+
+
+def _grader_imports(path: Path) -> set[str]:
+    """The package's modules that the module at path imports (relative imports, lazy ones too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found.update([node.module] if node.module else [alias.name for alias in node.names])
+    return {f"{name.replace('.', '/')}.py" for name in found}
+
+
+def test_the_run_is_keyed_on_every_module_that_drives_the_kernel_and_what_they_import():
+    package = versioning.PACKAGE_DIR
+    for source in versioning.EXECUTION_SOURCES:
+        assert (package / source).is_file(), source
+    reached, todo = set(), ["execute.py", "unitcheck.py"]
+    while todo:
+        module = todo.pop()
+        if module not in reached:
+            reached.add(module)
+            todo.extend(m for m in _grader_imports(package / module) if (package / m).is_file())
+    assert reached <= set(versioning.EXECUTION_SOURCES), sorted(reached - set(versioning.EXECUTION_SOURCES))
+    assert "kernel_export.py" in versioning.EXECUTION_SOURCES   # read as text: no import reaches it
 
 
 def test_a_template_change_redraws_the_pdfs_only(package_copy):
