@@ -30,6 +30,7 @@ from torch import nn
 from . import atomic, metrics, paths
 from .data import load_mnist
 from .errors import ClassifierError
+from .models import shuffled_batches
 
 FEATURES = 128
 N_CLASSES = 10
@@ -322,13 +323,6 @@ def random_affine(images: torch.Tensor, generator: torch.Generator) -> torch.Ten
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    order = torch.randperm(n, generator=generator)
-    for start in range(0, n, batch_size):
-        if n - start >= 2:   # batch norm cannot train on a lone image
-            yield order[start : start + batch_size]
-
-
 @contextlib.contextmanager
 def _reproducible(device: torch.device) -> Iterator[None]:
     """On the CPU: deterministic kernels and a fixed thread count while training; the caller's
@@ -369,7 +363,7 @@ def fit_classifier(
         for epoch in range(epochs):
             model.train()
             started, loss_sum, correct = time.perf_counter(), 0.0, 0
-            for index in _batches(len(train_images), BATCH_SIZE, generator):
+            for index in shuffled_batches(len(train_images), BATCH_SIZE, generator, min_size=2):
                 index = index.to(device)
                 x = random_affine(train_images[index], generator)
                 y = train_labels[index]

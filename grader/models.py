@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -92,10 +93,15 @@ class TrainedModel:
     history: list[dict] = field(default_factory=list)   # [{"epoch", "rec", "kl"}]
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator):
+def shuffled_batches(n: int, batch_size: int, generator: torch.Generator,
+                     min_size: int = 1) -> Iterator[torch.Tensor]:
+    """Indices 0..n-1 in one random order drawn from `generator`, batch_size at a time; a last
+    batch of fewer than min_size is left out (batch norm cannot train on a lone image)."""
     order = torch.randperm(n, generator=generator)
     for start in range(0, n, batch_size):
-        yield order[start : start + batch_size]
+        batch = order[start : start + batch_size]
+        if len(batch) >= min_size:
+            yield batch
 
 
 def train_model(
@@ -114,7 +120,7 @@ def train_model(
     for epoch in range(settings.epochs):
         model.train()
         rec_sum = kl_sum = 0.0
-        for index in _batches(len(images), settings.batch_size, generator):
+        for index in shuffled_batches(len(images), settings.batch_size, generator):
             x = images[index.to(images.device)]
             if beta is None:
                 rec, kl = reconstruction_loss(model(x), x), torch.zeros(len(x), device=x.device)
