@@ -1,18 +1,21 @@
 """Plain typed records the pipeline stages hand each other (and write as result.json).
 
 execute -> ExecutionResult; probe -> ProbeData (arrays, in grader/probe.py); measure ->
-StudentMeasurement (Metrics, what could not be measured, the samples' captions); score -> CheckResult list; answers -> Answer list; grade -> SubmissionResult; report reads that.
+StudentMeasurement (Metrics, what could not be measured, the samples' captions); score ->
+CheckResult list; answers -> Answer list; grade -> SubmissionResult; report reads that and
+writes the class's ClassSummary (summary.json).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 if TYPE_CHECKING:  # SampleCaptions.of takes the classifier's tensor; the report must not import torch
     import torch
@@ -365,3 +368,113 @@ class FinalGrade(BaseModel):
         if self.stale:
             parts.append("stale: " + ", ".join(self.stale))
         return "; ".join(parts) or "complete"
+
+
+# --- The class summary (grader/report.py writes it as summary.json) -----------------------------
+
+
+class Spread(BaseModel):
+    """Mean, standard deviation (of the class, not of a sample) and range; None without values."""
+
+    mean: float | None = None
+    std: float | None = None
+    min: float | None = None
+    max: float | None = None
+
+
+class ScoreSpread(BaseModel):
+    mean: float | None = None
+    median: float | None = None
+    min: float | None = None
+    max: float | None = None
+
+
+class CheckSummary(BaseModel):
+    id: str
+    title: str
+    max_points: float
+    mean_points: float | None       # over the submissions where it was assessable
+    lost_points: int                # submissions with less than full marks on it
+    not_assessable: int
+    not_scored: int                 # submissions whose record lacks the check
+
+
+class QuestionSummary(BaseModel):
+    id: str
+    part: str
+    found: int
+    missing: int
+    over_limit: int
+
+
+class SubmissionRow(BaseModel):
+    submission: str
+    status: Status
+    score: float
+    max_score: float
+    answer_points_pending: float
+    answers_found: int
+    first_error: str                # the first 200 characters of the first error, or ""
+
+
+class AppliedCount(BaseModel):
+    """A rubric item and how many answers it was applied to."""
+
+    text: str
+    points: float
+    count: int
+
+
+class QuestionMarks(BaseModel):
+    id: str
+    max_points: float
+    marked: int
+    unmarked: int
+    stale: int
+    points: Spread                  # of the marked answers' staff points
+    top_items: list[AppliedCount] = []
+
+
+class StaleMark(BaseModel):
+    submission: str
+    question: str
+
+
+class WrittenPoints(BaseModel):
+    submission: str
+    written: float
+    total: float
+    total_max: float
+    unmarked: list[str] = []
+    stale: list[str] = []
+
+
+class MarkingSummary(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    complete: int                   # submissions with every question marked
+    questions: list[QuestionMarks] = []
+    stale: list[StaleMark] = []
+    rows: list[WrittenPoints] = Field(default=[], alias="list")   # per submission
+
+
+class ClassSummary(BaseModel):
+    """summary.json: statuses, score spread, per-check and per-question counts, staff's marks."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    assignment: str
+    submissions: int
+    statuses: dict[str, int]        # every status, in the order the report names them
+    max_score: float
+    answer_points_pending: float
+    score: ScoreSpread
+    checks: list[CheckSummary] = []
+    questions: list[QuestionSummary] = []
+    reduced_parameters: list[str] = []   # submissions run with less training than the defaults
+    marking: MarkingSummary | None = None   # None while OUT has no marking database
+    rows: list[SubmissionRow] = Field(default=[], alias="list")
+
+    def to_json(self) -> str:
+        """summary.json's text (keys as the report has always written them: "list" for rows)."""
+        return json.dumps(self.model_dump(by_alias=True), indent=2, ensure_ascii=False) + "\n"

@@ -19,7 +19,6 @@ Marks are shown without their times (who marked, not when), so the same marks gi
 from __future__ import annotations
 
 import base64
-import json
 import math
 import re
 import statistics
@@ -43,7 +42,27 @@ from .figures import score_histogram_png
 from .mathtext import markdown_to_html
 from .paths import TEMPLATES_DIR
 from .text import format_decimal, strip_ansi
-from .records import CellRun, CheckResult, FigureKind, FigureRef, FinalGrade, ModelFigures, RubricItem, SubmissionResult
+from .records import (
+    AppliedCount,
+    CellRun,
+    CheckResult,
+    CheckSummary,
+    ClassSummary,
+    FigureKind,
+    FigureRef,
+    FinalGrade,
+    MarkingSummary,
+    ModelFigures,
+    QuestionMarks,
+    QuestionSummary,
+    RubricItem,
+    ScoreSpread,
+    Spread,
+    StaleMark,
+    SubmissionResult,
+    SubmissionRow,
+    WrittenPoints,
+)
 
 REPORT_TEMPLATE = "report.html.j2"
 SUMMARY_TEMPLATE = "summary.html.j2"
@@ -666,14 +685,14 @@ def _mean(values: Iterable[float]) -> float | None:
 TOP_ITEMS = 5   # rubric items listed per question in the summary
 
 
-def _spread(values: list[float]) -> dict:
+def _spread(values: list[float]) -> Spread:
     if not values:
-        return {"mean": None, "std": None, "min": None, "max": None}
-    return {"mean": round(statistics.fmean(values), 3), "std": round(statistics.pstdev(values), 3),
-            "min": min(values), "max": max(values)}
+        return Spread()
+    return Spread(mean=round(statistics.fmean(values), 3), std=round(statistics.pstdev(values), 3),
+                  min=min(values), max=max(values))
 
 
-def marking_summary(results: list[SubmissionResult], config: AssignmentConfig, marking: ClassMarking) -> dict:
+def marking_summary(results: list[SubmissionResult], config: AssignmentConfig, marking: ClassMarking) -> MarkingSummary:
     """summary.json's "marking": per question how many answers are marked, the spread of their
     staff points (population standard deviation), the rubric items applied most, the stale marks;
     per submission its written points and total."""
@@ -686,25 +705,26 @@ def marking_summary(results: list[SubmissionResult], config: AssignmentConfig, m
             for item in mark.items:
                 counts[item] = counts.get(item, 0) + 1
         top = sorted((i for i in counts if i in marking.items), key=lambda i: (-counts[i], marking.items[i].position, i))
-        questions.append({
-            "id": question.id, "max_points": question.points, "marked": len(marks),
-            "unmarked": len(finals) - len(marks), "stale": sum(1 for m in marks if m.stale),
-            "points": _spread([m.points for m in marks]),
-            "top_items": [{"text": marking.items[i].text, "points": marking.items[i].points, "count": counts[i]}
-                          for i in top[:TOP_ITEMS]],
-        })
-    return {
-        "complete": sum(1 for f in finals if f.complete),
-        "questions": questions,
-        "stale": [{"submission": f.submission, "question": q} for f in finals for q in f.stale],
-        "list": [{"submission": f.submission, "written": round(float(f.written_points), 6), "total": round(f.total, 6),
-                  "total_max": f.total_max, "unmarked": f.unmarked, "stale": f.stale} for f in finals],
-    }
+        questions.append(QuestionMarks(
+            id=question.id, max_points=question.points, marked=len(marks),
+            unmarked=len(finals) - len(marks), stale=sum(1 for m in marks if m.stale),
+            points=_spread([m.points for m in marks]),
+            top_items=[AppliedCount(text=marking.items[i].text, points=marking.items[i].points, count=counts[i])
+                       for i in top[:TOP_ITEMS]],
+        ))
+    return MarkingSummary(
+        complete=sum(1 for f in finals if f.complete),
+        questions=questions,
+        stale=[StaleMark(submission=f.submission, question=q) for f in finals for q in f.stale],
+        rows=[WrittenPoints(submission=f.submission, written=round(float(f.written_points), 6),
+                            total=round(f.total, 6), total_max=f.total_max, unmarked=f.unmarked, stale=f.stale)
+              for f in finals],
+    )
 
 
 def build_summary(
     results: list[SubmissionResult], config: AssignmentConfig, marking: ClassMarking | None = None
-) -> dict:
+) -> ClassSummary:
     """The numbers of summary.json: statuses, score spread, per-check and per-question counts,
     and, once staff mark (a marking database in OUT), the marks' statistics under "marking"."""
     results = sorted(results, key=lambda r: r.submission)
@@ -720,59 +740,59 @@ def build_summary(
     for check_id in check_ids:
         found = [c for r in results for c in r.checks if c.id == check_id]
         assessed = [c for c in found if c.assessable]
-        checks.append({
-            "id": check_id,
-            "title": titles.get(check_id) or (found[0].title if found else check_id),
-            "max_points": found[0].max_points if found else
-            next(c.points for c in config.checks if c.id == check_id),
-            "mean_points": _mean(c.points for c in assessed),
-            "lost_points": sum(1 for c in assessed if c.points < c.max_points - 1e-9),
-            "not_assessable": len(found) - len(assessed),
-            "not_scored": len(results) - len(found),
-        })
+        checks.append(CheckSummary(
+            id=check_id,
+            title=titles.get(check_id) or (found[0].title if found else check_id),
+            max_points=found[0].max_points if found else next(c.points for c in config.checks if c.id == check_id),
+            mean_points=_mean(c.points for c in assessed),
+            lost_points=sum(1 for c in assessed if c.points < c.max_points - 1e-9),
+            not_assessable=len(found) - len(assessed),
+            not_scored=len(results) - len(found),
+        ))
 
     questions = []
     for question in config.questions:
         answers = [a for r in results for a in r.answers if a.id == question.id]
         found = [a for a in answers if a.found]
-        questions.append({
-            "id": question.id,
-            "part": question.part,
-            "found": len(found),
-            "missing": len(results) - len(found),
-            "over_limit": sum(1 for a in found if a.over_limit),
-        })
+        questions.append(QuestionSummary(
+            id=question.id,
+            part=question.part,
+            found=len(found),
+            missing=len(results) - len(found),
+            over_limit=sum(1 for a in found if a.over_limit),
+        ))
 
     size = _size_parameters(config)
     defaults = config.parameters.defaults()
     reduced = [r.submission for r in results
                if any(n in size and _is_reduced(v, defaults.get(n)) for n, v in r.parameters.items())]
-    return {
-        "assignment": config.assignment.name,
-        "submissions": len(results),
-        "statuses": statuses,
-        "max_score": config.max_auto_points,
-        "answer_points_pending": config.max_answer_points,
-        "score": {
-            "mean": _mean(scores),
-            "median": round(statistics.median(scores), 3) if scores else None,
-            "min": min(scores) if scores else None,
-            "max": max(scores) if scores else None,
-        },
-        "checks": checks,
-        "questions": questions,
-        "reduced_parameters": reduced,
-        "marking": marking_summary(results, config, marking) if marking is not None else None,
-        "list": [
-            {"submission": r.submission, "status": r.status, "score": r.score, "max_score": r.max_score,
-             "answer_points_pending": r.answer_points_pending, "answers_found":
-             sum(1 for a in r.answers if a.found), "first_error": r.errors[0][:200] if r.errors else ""}
+    return ClassSummary(
+        assignment=config.assignment.name,
+        submissions=len(results),
+        statuses=statuses,
+        max_score=config.max_auto_points,
+        answer_points_pending=config.max_answer_points,
+        score=ScoreSpread(
+            mean=_mean(scores),
+            median=round(statistics.median(scores), 3) if scores else None,
+            min=min(scores) if scores else None,
+            max=max(scores) if scores else None,
+        ),
+        checks=checks,
+        questions=questions,
+        reduced_parameters=reduced,
+        marking=marking_summary(results, config, marking) if marking is not None else None,
+        rows=[
+            SubmissionRow(submission=r.submission, status=r.status, score=r.score, max_score=r.max_score,
+                          answer_points_pending=r.answer_points_pending,
+                          answers_found=sum(1 for a in r.answers if a.found),
+                          first_error=r.errors[0][:200] if r.errors else "")
             for r in results
         ],
-    }
+    )
 
 
-def build_summary_html(summary: dict, histogram: Path | None, graded_at: str) -> str:
+def build_summary_html(summary: ClassSummary, histogram: Path | None, graded_at: str) -> str:
     context = {
         "css": _stylesheet(),
         "s": summary,
@@ -780,7 +800,7 @@ def build_summary_html(summary: dict, histogram: Path | None, graded_at: str) ->
         "graded_at": graded_at,
         "grader_version": __version__,
         "status_label": STATUS_LABEL,
-        "written_by": {row["submission"]: row for row in (summary.get("marking") or {}).get("list", [])},
+        "written_by": {row.submission: row for row in summary.marking.rows} if summary.marking else {},
     }
     return _environment().get_template(SUMMARY_TEMPLATE).render(context)
 
@@ -800,8 +820,7 @@ def render_summary(
     # The latest grading time, not the clock: rerendering gives the same bytes.
     graded_at = max((r.graded_at for r in results if r.graded_at), default="")
     pdf = html_to_pdf(build_summary_html(summary, histogram, graded_at), out_dir / SUMMARY_PDF)
-    text = json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
-    atomic.write_text(out_dir / SUMMARY_JSON, text)
+    atomic.write_text(out_dir / SUMMARY_JSON, summary.to_json())
     return pdf, out_dir / SUMMARY_JSON
 
 

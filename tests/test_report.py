@@ -19,6 +19,7 @@ from grader.mathtext import markdown_to_html, tex_to_svg
 from grader.records import (
     Answer,
     CellRun,
+    ClassSummary,
     EpochLosses,
     FigureRef,
     KLUnitFigures,
@@ -33,6 +34,7 @@ from grader.report import (
     DataOnlyFetcher,
     ReportError,
     build_report_html,
+    build_summary,
     failure_section,
     html_to_pdf,
     load_result,
@@ -391,6 +393,11 @@ def test_summary_counts(tmp_path):
     assert "Class summary" in text
     for result in results:
         assert result.submission in text
+    # summary.json is the ClassSummary record's: read back typed, it is the summary built
+    typed = ClassSummary.model_validate_json(json_path.read_text())
+    assert typed == build_summary(results, CONFIG) and typed.to_json() == json_path.read_text()
+    assert [row.submission for row in typed.rows] == [row["submission"] for row in summary["list"]]
+    assert typed.checks[0].id == summary["checks"][0]["id"] and typed.marking is None
 
 
 # --- nothing from the grader's machine may end up in a PDF ------------------------------------
