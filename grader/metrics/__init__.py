@@ -1,13 +1,13 @@
-"""Functional metrics, one per module (torchmetrics-style): a function, and where batches are
-accumulated a small class with update()/compute(). Inputs are tensors or arrays; results are
-Python floats or small dataclasses, computed in float64 on the CPU."""
+"""Functional metrics, one per module (torchmetrics-style functions): the grader computes each
+figure on the whole test set at once, so there are no accumulating classes. Inputs are tensors
+or arrays; results are Python floats or small dataclasses, computed in float64 on the CPU."""
 
-from .elbo import elbo_per_image, mean_elbo
-from .frechet import FeatureStats, FrechetDistance, feature_stats, frechet_distance, frechet_distance_from_stats
+from .elbo import elbo_per_image
+from .frechet import FeatureStats, feature_stats, frechet_distance, frechet_distance_from_stats
 from .interpolation import InterpolationQuality, interpolation_accept, interpolation_quality, path_smoothness
 from .memorisation import ImageBank, memorised_share
-from .kl import MeanKL, kl_relative_error, kl_to_standard_normal
-from .reconstruction import MSEPerPixel, mse_per_image, mse_per_pixel
+from .kl import kl_relative_error, kl_to_standard_normal
+from .reconstruction import mse_per_image, mse_per_pixel
 from .reparam import ReparamStats, reparam_stats
 from .sample_quality import SampleQuality, sample_quality
 
@@ -15,10 +15,7 @@ __all__ = [
     "FeatureStats",
     "ImageBank",
     "memorised_share",
-    "FrechetDistance",
     "InterpolationQuality",
-    "MSEPerPixel",
-    "MeanKL",
     "ReparamStats",
     "SampleQuality",
     "elbo_per_image",
@@ -29,7 +26,6 @@ __all__ = [
     "interpolation_quality",
     "kl_relative_error",
     "kl_to_standard_normal",
-    "mean_elbo",
     "mse_per_image",
     "mse_per_pixel",
     "path_smoothness",

@@ -19,7 +19,3 @@ def elbo_per_image(x_hat, x, mu, log_sigma) -> torch.Tensor:
     if kl.shape[0] != x.shape[0]:
         raise ValueError(f"mu has {kl.shape[0]} rows but x has {x.shape[0]} images")
     return -(((x_hat - x) ** 2).sum(dim=1) + kl)
-
-
-def mean_elbo(x_hat, x, mu, log_sigma) -> float:
-    return elbo_per_image(x_hat, x, mu, log_sigma).mean().item()

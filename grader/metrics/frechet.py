@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
-import torch
 
 from ._checks import as_float_tensor
 
@@ -67,19 +66,3 @@ def frechet_distance(features_a, features_b) -> float:
     a = features_a if isinstance(features_a, FeatureStats) else feature_stats(features_a)
     b = features_b if isinstance(features_b, FeatureStats) else feature_stats(features_b)
     return frechet_distance_from_stats(a, b)
-
-
-class FrechetDistance:
-    """Distance of accumulated features to fixed reference statistics (e.g. the test set's)."""
-
-    def __init__(self, reference: FeatureStats) -> None:
-        self.reference = reference
-        self._batches: list[torch.Tensor] = []
-
-    def update(self, features) -> None:
-        self._batches.append(as_float_tensor(features, "features"))
-
-    def compute(self) -> float:
-        if not self._batches:
-            raise ValueError("FrechetDistance.compute() called before any update()")
-        return frechet_distance_from_stats(feature_stats(torch.cat(self._batches)), self.reference)

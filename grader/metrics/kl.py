@@ -38,21 +38,3 @@ def kl_relative_error(values, mu, log_sigma, tiny: float = 1e-12) -> float:
     if not torch.isfinite(got).all():
         return float("inf")
     return ((got - expected).abs() / expected.abs().clamp_min(tiny)).max().item()
-
-
-class MeanKL:
-    """Mean KL per image (nats) over batches of encoder outputs."""
-
-    def __init__(self) -> None:
-        self.total = 0.0
-        self.count = 0
-
-    def update(self, mu, log_sigma) -> None:
-        kl = kl_to_standard_normal(mu, log_sigma)
-        self.total += kl.sum().item()
-        self.count += kl.numel()
-
-    def compute(self) -> float:
-        if self.count == 0:
-            raise ValueError("MeanKL.compute() called before any update()")
-        return self.total / self.count

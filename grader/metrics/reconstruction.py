@@ -17,22 +17,3 @@ def mse_per_image(x_hat, x) -> torch.Tensor:
 def mse_per_pixel(x_hat, x) -> float:
     """Squared error averaged over every pixel of every image."""
     return mse_per_image(x_hat, x).mean().item()
-
-
-class MSEPerPixel:
-    """Accumulating form of `mse_per_pixel` for batched evaluation."""
-
-    def __init__(self) -> None:
-        self.sum_squared = 0.0
-        self.pixels = 0
-
-    def update(self, x_hat, x) -> None:
-        per_image = mse_per_image(x_hat, x)
-        pixels_per_image = flat_images(x, "x").shape[1]
-        self.sum_squared += per_image.sum().item() * pixels_per_image
-        self.pixels += per_image.numel() * pixels_per_image
-
-    def compute(self) -> float:
-        if self.pixels == 0:
-            raise ValueError("MSEPerPixel.compute() called before any update()")
-        return self.sum_squared / self.pixels
