@@ -51,10 +51,12 @@ from .records import (
     FigureKind,
     FigureRef,
     FinalGrade,
+    KLUnitFigures,
     MarkingSummary,
     ModelFigures,
     QuestionMarks,
     QuestionSummary,
+    ReparamUnitFigures,
     RubricItem,
     ScoreSpread,
     Spread,
@@ -294,7 +296,7 @@ def metric_sections(result: SubmissionResult, config: AssignmentConfig) -> list[
     return sections
 
 
-def unit_rows(figures) -> list[dict]:
+def unit_rows(figures: KLUnitFigures | ReparamUnitFigures | None) -> list[dict]:
     """One row per figure of a unit check's record (KLUnitFigures, ReparamUnitFigures), or none."""
     if figures is None:
         return []
