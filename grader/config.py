@@ -100,7 +100,6 @@ class Contract(Strict):
     vae_beta10: str
     vae_tuned: str
     best_beta: str
-    reconstruction_loss: str
     kl_divergence: str
     reparameterize: str
     ae_history: str

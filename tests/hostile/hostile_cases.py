@@ -213,8 +213,6 @@ def _hostile_perfect_arrays(workdir="."):
     out["kl_unit"] = (0.5 * (mu**2 + _np.exp(2 * ls) - 1 - 2 * ls).sum(1)).astype(_np.float32)
     rmu, rls = data["reparam_mu"], data["reparam_log_sigma"]
     out["reparam_unit"] = (rmu + _np.exp(rls) * rng.standard_normal(rmu.shape)).astype(_np.float32)
-    xx = x[:64].reshape(64, -1)
-    out["rec_loss_unit"] = ((xx[::-1] - xx) ** 2).sum(1).astype(_np.float32)
     return out
 '''
 
