@@ -101,7 +101,7 @@ def _bwrap() -> tuple[str | None, str]:
 @functools.cache
 def _bwrap_has(option: str) -> bool:
     path, _ = _bwrap()
-    return bool(path) and option in subprocess.run([path, "--help"], capture_output=True, text=True).stdout
+    return bool(path and option in subprocess.run([path, "--help"], capture_output=True, text=True).stdout)
 
 
 def _can_switch_uid() -> bool:
@@ -285,7 +285,7 @@ class _CgroupSet:
                 except OSError:
                     pass
                 (pids / "pids.max").write_text(str(processes))
-                cpu_limited = bool(cpus) and "cpu" in mounts and _cpu_cgroup_v1(mounts["cpu"], name, cpus, made)
+                cpu_limited = bool(cpus and "cpu" in mounts and _cpu_cgroup_v1(mounts["cpu"], name, cpus, made))
                 return cls(made, memory / "memory.oom_control", cpu_limited)
             if "unified" in mounts:
                 parent = mounts["unified"] / (_own_cgroup("") or "/").lstrip("/")
@@ -294,7 +294,7 @@ class _CgroupSet:
                 (unified / "memory.max").write_text(str(memory_bytes))
                 (unified / "memory.swap.max").write_text("0")
                 (unified / "pids.max").write_text(str(processes))
-                return cls(made, unified / "memory.events", bool(cpus) and _cpu_max_v2(parent, unified, cpus))
+                return cls(made, unified / "memory.events", bool(cpus and _cpu_max_v2(parent, unified, cpus)))
         except OSError:
             pass
         for directory in made:
@@ -545,13 +545,13 @@ def remove_tree(path: Path | str) -> None:
               and (point == str(path) or point.startswith(f"{path}/"))]
     for point in reversed(inside):  # the innermost first
         _unmount(point)
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    quiet = subprocess.DEVNULL
     for _ in range(2):
         if not os.path.lexists(path):
             return
-        subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], **quiet)
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], stdout=quiet, stderr=quiet)
         if os.path.lexists(path):  # not root: a notebook run as the grader's user may lock dirs (000)
-            subprocess.run(["chmod", "-R", "u+rwx", "--", str(path)], **quiet)
+            subprocess.run(["chmod", "-R", "u+rwx", "--", str(path)], stdout=quiet, stderr=quiet)
 
 
 def _ours(entry: Path) -> bool:
@@ -803,9 +803,9 @@ class Sandbox:
                 if str(parent) in present:
                     break
                 missing.append(str(parent))
-            for parent in reversed(missing):
-                args.extend(["--perms", "0755", "--dir", parent])
-                present.add(parent)
+            for directory in reversed(missing):
+                args.extend(["--perms", "0755", "--dir", directory])
+                present.add(directory)
             args.extend([option, source, dest])
             present.add(dest)
 
