@@ -31,6 +31,7 @@ from time import monotonic
 
 import nbformat
 from nbclient import NotebookClient
+from jupyter_client.provisioning import LocalProvisioner
 from nbclient.exceptions import CellControlSignal, DeadKernelError
 from nbformat import NotebookNode
 
@@ -47,7 +48,7 @@ from .inject import (
     without_injected,
 )
 from .probe import VALUES_FILE, WEIGHTS_FILE
-from .records import CellRun, ExecutionResult, Status
+from .records import CellRun, CellStatus, ExecutionResult, Status
 from .sandbox import Sandbox, SandboxedKernelManager, SandboxError, remove_tree
 from .text import strip_ansi
 
@@ -307,6 +308,12 @@ class SandboxClient(NotebookClient):
         self._widget_bytes = 0
         self.on_cell_executed = self._keep_reply
 
+    @property
+    def sandboxed_km(self) -> SandboxedKernelManager:
+        """The kernel manager it was given (nbclient types km as optional, for a client that makes its own)."""
+        assert isinstance(self.km, SandboxedKernelManager)
+        return self.km
+
     def _keep_reply(self, cell: NotebookNode, cell_index: int, execute_reply: dict) -> None:
         self.last_reply = execute_reply
 
@@ -461,7 +468,8 @@ async def _death_reason(client: SandboxClient) -> str:
         return (f"killed by the out-of-memory killer: the kernel and its processes used more than "
                 f"{client.sandbox.limits.memory_mb} MB")
     try:
-        code = await client.km.provisioner.poll()
+        provisioner = client.sandboxed_km.provisioner
+        code = await provisioner.poll() if provisioner else None
     except Exception:
         code = None
     if code is None:
@@ -477,7 +485,7 @@ async def _death_reason(client: SandboxClient) -> str:
 
 @dataclass
 class _CellOutcome:
-    status: str
+    status: CellStatus
     seconds: float
     error: str | None = None
     traceback: str | None = None
@@ -510,11 +518,11 @@ async def _execute_within(client: SandboxClient, cell: NotebookNode, index: int,
     if await _finishes(execution, cell, budget):
         await execution
         return "finished"
-    await client.km.interrupt_kernel()
+    await client.sandboxed_km.interrupt_kernel()
     if await _finishes(execution, cell, INTERRUPT_GRACE_S):
         await execution  # DeadKernelError if it died meanwhile
         return "interrupted"
-    await client.km.shutdown_kernel(now=True)
+    await client.sandboxed_km.shutdown_kernel(now=True)
     try:
         await execution
     except DeadKernelError:  # nbclient notices the stopped kernel within its 1 s liveness poll
@@ -536,11 +544,12 @@ async def _run_cell(client: SandboxClient, cell: NotebookNode, index: int, budge
                             f"Timeout: the cell ran longer than {budget:.0f} s and ignored the interrupt; "
                             "the kernel was stopped", kernel_alive=False)
     seconds = monotonic() - started
-    content = (client.last_reply or {}).get("content", {})
+    content = client.last_reply.get("content", {}) if client.last_reply else {}
     traceback = strip_ansi("\n".join(content.get("traceback", []))) or None
     traceback = traceback and _shorten(traceback, MAX_TRACEBACK_CHARS)
     if ending == "interrupted":
-        return _CellOutcome("timeout", seconds, f"Timeout: the cell ran longer than {budget:.0f} s and was interrupted", traceback)
+        return _CellOutcome("timeout", seconds,
+                            f"Timeout: the cell ran longer than {budget:.0f} s and was interrupted", traceback)
     if content.get("status") == "error":
         name, value = content.get("ename", "Error"), content.get("evalue", "")
         error = _shorten(strip_ansi(f"{name}: {value}" if value else name), MAX_ERROR_CHARS)
@@ -565,7 +574,9 @@ async def _run_notebook(nb: NotebookNode, sandbox: Sandbox, *, probe_code: str |
     try:
         await client.async_start_new_kernel(env=sandbox.environment(), cwd=str(sandbox.scratch_dir),
                                             stdout=DEVNULL, stderr=PIPE)
-        launcher = client.km.provisioner.process
+        provisioner = client.sandboxed_km.provisioner
+        assert isinstance(provisioner, LocalProvisioner), "the kernel's provisioner is jupyter_client's default"
+        launcher = provisioner.process
         client.stderr_tail = _StderrTail(launcher.stderr)
         # Connects and waits for the kernel's first reply, here rather than inside
         # async_setup_kernel: a client that fails to start stops its kernel itself, and
@@ -672,9 +683,9 @@ async def _run_cells(client: SandboxClient, nb: NotebookNode, run: _Run, cell_ti
                                  hint=hint))
         where = f"cell {submitted_index} ({_source_head(cell)!r})"
         if outcome.status == "crashed":
-            run.errors.append(f"{where}: {outcome.error.removeprefix('KernelDied: ')}; the cells after it were not run")
+            run.errors.append(f"{where}: {(outcome.error or '').removeprefix('KernelDied: ')}; the cells after it were not run")
         elif outcome.status == "timeout":
-            run.errors.append(f"{where}: {outcome.error.removeprefix('Timeout: ')}")
+            run.errors.append(f"{where}: {(outcome.error or '').removeprefix('Timeout: ')}")
         if index in client.truncated_cells:  # the student should know why the report shows less
             run.errors.append(f"{where}: its output passed the grader's output cap of {client.output_bytes} "
                               "bytes and was truncated")
@@ -699,7 +710,7 @@ async def _run_probe(client: SandboxClient, nb: NotebookNode, run: _Run, probe_c
         nb.cells.pop()
     run.probe_ran = True
     if outcome.status == "crashed":
-        run.probe_error = f"the kernel died while the probe ran: {outcome.error.removeprefix('KernelDied: ')}"
+        run.probe_error = f"the kernel died while the probe ran: {(outcome.error or '').removeprefix('KernelDied: ')}"
         run.errors.append(run.probe_error)
     elif outcome.status == "timeout":
         run.probe_error = f"the probe ran longer than its {cell_timeout:.0f} s limit"
