@@ -26,12 +26,12 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from subprocess import DEVNULL, PIPE
+from subprocess import DEVNULL, PIPE, Popen
 from time import monotonic
 
 import nbformat
-from nbclient import NotebookClient
 from jupyter_client.provisioning import LocalProvisioner
+from nbclient import NotebookClient
 from nbclient.exceptions import CellControlSignal, DeadKernelError
 from nbformat import NotebookNode
 
@@ -297,6 +297,7 @@ class SandboxClient(NotebookClient):
             timeout=None,   # each cell's budget is kept by _execute_within (an interrupt, then a grace)
         )
         self.sandbox = sandbox
+        self.sandboxed_km = km   # nbclient's km, typed: nbclient types it optional, for a client that makes its own
         self.stderr_tail: _StderrTail | None = None
         self.output_bytes = output_bytes
         self.last_reply: dict | None = None
@@ -307,12 +308,6 @@ class SandboxClient(NotebookClient):
         self.truncated_cells: set[int] = set()    # cells whose output passed the cap
         self._widget_bytes = 0
         self.on_cell_executed = self._keep_reply
-
-    @property
-    def sandboxed_km(self) -> SandboxedKernelManager:
-        """The kernel manager it was given (nbclient types km as optional, for a client that makes its own)."""
-        assert isinstance(self.km, SandboxedKernelManager)
-        return self.km
 
     def _keep_reply(self, cell: NotebookNode, cell_index: int, execute_reply: dict) -> None:
         self.last_reply = execute_reply
@@ -544,7 +539,7 @@ async def _run_cell(client: SandboxClient, cell: NotebookNode, index: int, budge
                             f"Timeout: the cell ran longer than {budget:.0f} s and ignored the interrupt; "
                             "the kernel was stopped", kernel_alive=False)
     seconds = monotonic() - started
-    content = client.last_reply.get("content", {}) if client.last_reply else {}
+    content: dict = client.last_reply.get("content", {}) if client.last_reply else {}
     traceback = strip_ansi("\n".join(content.get("traceback", []))) or None
     traceback = traceback and _shorten(traceback, MAX_TRACEBACK_CHARS)
     if ending == "interrupted":
@@ -574,9 +569,7 @@ async def _run_notebook(nb: NotebookNode, sandbox: Sandbox, *, probe_code: str |
     try:
         await client.async_start_new_kernel(env=sandbox.environment(), cwd=str(sandbox.scratch_dir),
                                             stdout=DEVNULL, stderr=PIPE)
-        provisioner = client.sandboxed_km.provisioner
-        assert isinstance(provisioner, LocalProvisioner), "the kernel's provisioner is jupyter_client's default"
-        launcher = provisioner.process
+        launcher = _launcher(client)
         client.stderr_tail = _StderrTail(launcher.stderr)
         # Connects and waits for the kernel's first reply, here rather than inside
         # async_setup_kernel: a client that fails to start stops its kernel itself, and
@@ -607,6 +600,13 @@ async def _run_notebook(nb: NotebookNode, sandbox: Sandbox, *, probe_code: str |
         run.errors.append(f"widget state passed the grader's output cap of {client.output_bytes} bytes "
                           "and was left out of the executed notebook")
     return run
+
+
+def _launcher(client: SandboxClient) -> Popen:
+    """The started kernel's launcher process (bwrap), which jupyter_client's default provisioner keeps."""
+    provisioner = client.sandboxed_km.provisioner
+    assert isinstance(provisioner, LocalProvisioner) and provisioner.process is not None
+    return provisioner.process
 
 
 async def _reap(launcher, grace_s: float = 5.0) -> None:
