@@ -50,6 +50,7 @@ How a notebook is read:
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -184,7 +185,9 @@ class _Para:
 
 def _paragraphs(text: str) -> list[str]:
     """Blank-line separated blocks, rstripped, keeping fenced code (blank lines and all) whole."""
-    blocks, current, in_fence = [], [], False
+    blocks: list[str] = []
+    current: list[str] = []
+    in_fence = False
     for line in text.split("\n"):
         if _FENCE.match(line):
             in_fence = not in_fence
@@ -218,9 +221,9 @@ def _labels(text: str) -> list[_Label]:
             continue   # "Answer the question ..." or "Answers vary": prose, not a label
         labels.append(_label(m))
     for m in _INLINE_LABEL.finditer(text):
-        if not any(l.start <= m.start() < l.end for l in labels):
+        if not any(label.start <= m.start() < label.end for label in labels):
             labels.append(_label(m))
-    return sorted(labels, key=lambda l: l.start)
+    return sorted(labels, key=lambda label: label.start)
 
 
 def _label(m: re.Match) -> _Label:
@@ -417,6 +420,7 @@ def _answer_past_code(region: list[_Text], beyond: list[_Text | _Break], handout
                     break
                 pieces.append(later)
             found = _answer_after(pieces, handout)
+            assert found is not None, "pieces[0] has a label"
             found.statement = "\n\n".join(p.text for p in region)
             found.notes.insert(0, f"the answer is after a code cell, in cell {item.cell}")
             return found
@@ -424,7 +428,9 @@ def _answer_past_code(region: list[_Text], beyond: list[_Text | _Break], handout
 
 
 def _read_question(items: list[_Text | _Break], start: int, handout: _Handout | None) -> _Reading:
-    region: list[_Text] = [items[start]]       # the question and the text after it
+    question = items[start]
+    assert isinstance(question, _Text), "a question starts at a text"
+    region: list[_Text] = [question]           # the question and the text after it
     beyond: list[_Text | _Break] = []          # past a code cell, up to the next question
     for item in items[start + 1:]:
         if isinstance(item, _Text) and item.opens_question:
@@ -433,7 +439,7 @@ def _read_question(items: list[_Text | _Break], start: int, handout: _Handout | 
             beyond.append(item)
         else:
             region.append(item)
-    tag = items[start].tag
+    tag = question.tag
     found = _answer_after(region, handout)
     labelled = found is not None
     if found is None and tag is not None:   # the tagged cell's own text before a label past code
@@ -483,7 +489,8 @@ def _assign(questions: list[Question], readings: list[_Reading]) -> list[tuple[_
                             f"the config's pattern /{questions[i].match}/")
         if len(free) > 1:
             cells = ", ".join(str(readings[j].cell) for j in free)
-            notes[i].append(f"the question appears {len(free)} times (cells {cells}); the one in cell {readings[pick].cell} is used")
+            notes[i].append(f"the question appears {len(free)} times (cells {cells}); "
+                            f"the one in cell {readings[pick].cell} is used")
 
     # By position: a run of unmatched config questions takes the unmatched Inline Questions between
     # its matched neighbours, only when there is exactly one for each (else the pairing is a guess).
@@ -508,15 +515,16 @@ def _assign(questions: list[Question], readings: list[_Reading]) -> list[tuple[_
                 )
         i = run_end
     unmatched = [r for j, r in enumerate(readings) if j not in used]
-    result = []
-    for i, q in enumerate(questions):
-        if chosen[i] is None:
+    result: list[tuple[_Reading | None, list[str]]] = []
+    for q, reading_index, found_notes in zip(questions, chosen, notes):
+        if reading_index is None:
             note = f"question not found in the notebook: no Inline Question matches /{q.match}/"
             if unmatched:
-                note += " (Inline Questions matched to no config question: cells " + ", ".join(str(r.cell) for r in unmatched) + ")"
+                cells = ", ".join(str(r.cell) for r in unmatched)
+                note += f" (Inline Questions matched to no config question: cells {cells})"
             result.append((None, [note]))
         else:
-            result.append((readings[chosen[i]], notes[i]))
+            result.append((readings[reading_index], found_notes))
     return result
 
 
@@ -573,17 +581,17 @@ def _answer_tags(nb: NotebookNode, config: AssignmentConfig) -> tuple[dict[int, 
 
 
 def _answer(question: Question, reading: _Reading | None, notes: list[str]) -> Answer:
-    base = dict(id=question.id, limit=question.limit, max_points=question.points)
+    answer = functools.partial(Answer, id=question.id, limit=question.limit, max_points=question.points)
     if reading is None:
-        return Answer(found=False, note="; ".join(notes), **base)
+        return answer(found=False, note="; ".join(notes))
     notes = notes + _disagreements(question, reading)
     if not reading.answered:
         why = "answer is empty" if reading.label else "question found but no answer after it"
-        return Answer(found=False, note="; ".join([why] + notes + reading.notes), **base)
+        return answer(found=False, note="; ".join([why] + notes + reading.notes))
     words = count_words(reading.text)
-    return Answer(
+    return answer(
         found=True, text=reading.text, words=words, over_limit=words > question.limit,
-        note="; ".join(notes + reading.notes), **base,
+        note="; ".join(notes + reading.notes),
     )
 
 
