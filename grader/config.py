@@ -7,10 +7,11 @@ the validation because its errors name the exact field at fault.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -18,6 +19,7 @@ from .errors import ConfigError
 from .paths import DEFAULT_CONFIG
 
 ParamValue = int | float | str | None
+ModelKind = Literal["ae", "vae"]   # an autoencoder (encode -> code) or a VAE (encode -> mu, log_sigma)
 
 
 class Strict(BaseModel):
@@ -73,9 +75,31 @@ class ParameterSpec(Strict):
         return value
 
 
+class ParameterRoles(Strict):
+    """What the grader reads each notebook parameter as: every value names a [parameters.spec]
+    entry. The training ones are the reference's settings (and what its cache is keyed by)."""
+
+    data_dir: str              # pointed at the grader's read-only copy of the data set
+    latent_size: str           # every model class is built as Class(latent size)
+    epochs: str
+    batch_size: str
+    learning_rate: str
+    seed: str
+    train_subset: str          # nullable: None trains on every training image
+    interpolation_start: str   # the class of the interpolation paths' first ends
+    interpolation_end: str     # and of their last ends
+
+    TRAINING: ClassVar[tuple[str, ...]] = ("latent_size", "epochs", "batch_size", "learning_rate", "seed",
+                                           "train_subset")
+
+    def training(self) -> dict[str, str]:
+        """Training role -> parameter name, in TRAINING's order."""
+        return {role: getattr(self, role) for role in self.TRAINING}
+
+
 class Parameters(Strict):
     tag: str = "parameters"
-    data_dir: str = "DATA_DIR"   # the parameter the grader points at its read-only MNIST copy
+    roles: ParameterRoles
     spec: dict[str, ParameterSpec]
     presets: dict[str, dict[str, int | float | str]] = {}
 
@@ -86,53 +110,124 @@ class Parameters(Strict):
                 if name not in self.spec:
                     raise ValueError(f"preset {preset!r} sets unknown parameter {name!r}")
                 self.spec[name].coerce(value)
-        if self.data_dir not in self.spec:
-            raise ValueError(f"data_dir names {self.data_dir!r}, which is not a parameter")
+        for role, name in self.roles.model_dump().items():
+            if name not in self.spec:
+                raise ValueError(f"roles.{role} names {name!r}, which is not a parameter")
         return self
+
+    @property
+    def data_dir(self) -> str:
+        """The parameter the grader points at its read-only copy of the data."""
+        return self.roles.data_dir
 
     def defaults(self) -> dict[str, ParamValue]:
         return {name: spec.default for name, spec in self.spec.items()}
 
 
+class ModelSpec(Strict):
+    """One model the notebook trains and the grader measures (a [[models]] table)."""
+
+    role: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")   # how checks, evidence and figures name it
+    kind: ModelKind
+    variable: str                       # the kernel variable that holds it after the student's cells
+    label: str                          # the one wording a student or marker reads: report, figures, evidence
+    # A VAE's β: a fixed value (the reference is trained at it), or "tuned": the student's choice,
+    # measured against the reference trained at the same β (at most one model is tuned).
+    beta: float | Literal["tuned"] | None = None
+
+    @model_validator(mode="after")
+    def _beta_matches_kind(self) -> "ModelSpec":
+        if self.kind == "ae" and self.beta is not None:
+            raise ValueError(f"model {self.role!r}: an autoencoder has no beta")
+        if self.kind == "vae" and self.beta is None:
+            raise ValueError(f"model {self.role!r}: a VAE needs a beta (a number, or \"tuned\")")
+        if isinstance(self.beta, float) and not (self.beta >= 0 and self.beta < float("inf")):
+            raise ValueError(f"model {self.role!r}: beta must be a finite number >= 0, not {self.beta}")
+        return self
+
+    @property
+    def tuned(self) -> bool:
+        return self.beta == "tuned"
+
+    @property
+    def fixed_beta(self) -> float | None:
+        """The β the reference trains this model at, when it is fixed by the config."""
+        return None if self.beta is None or self.tuned else float(self.beta)
+
+
 class Contract(Strict):
-    ae: str
-    vae_beta0: str
-    vae_beta10: str
-    vae_tuned: str
+    """Names the grader reads from the kernel beside the models (each [[models]] names its own)."""
+
     best_beta: str
     kl_divergence: str
     reparameterize: str
-    ae_history: str
-    vae_histories: str
+    # Training records by model kind: the autoencoder's a list of {"epoch", "rec", "kl"}, the VAEs'
+    # a dict of such lists by β (figures only).
+    histories: dict[ModelKind, str] = {}
     best_beta_pattern: str
 
-    def model_names(self) -> dict[str, str]:
-        """Role -> kernel variable, for the four models."""
-        return {role: getattr(self, role) for role in ("ae", "vae_beta0", "vae_beta10", "vae_tuned")}
+
+def architecture_source(target: str, base_dir: Path) -> str:
+    """The code that defines the class `target` names: for "notebook.ipynb:Class" the notebook's
+    top-level definitions the class needs (imports, helpers, constants: grader.unitcheck's
+    `definitions`), for "file.py:Class" that file, for "package.module:Class" its module's file."""
+    import importlib.util
+
+    module_name, _, name = target.partition(":")
+    if module_name.endswith(".ipynb"):
+        import nbformat
+
+        from .unitcheck import definitions
+
+        nb = nbformat.read(base_dir / module_name, as_version=4)
+        found = definitions(nb, [name])
+        if not any(item["source"].startswith(f"class {name}") for item in found):
+            raise ConfigError(f"architecture: {base_dir / module_name} defines no class {name}")
+        return "\n\n".join(item["source"] for item in found) + "\n"
+    if module_name.endswith(".py"):
+        return (base_dir / module_name).read_text()
+    spec = importlib.util.find_spec(module_name)
+    if spec is None or spec.origin is None:
+        raise ConfigError(f"architecture: no module {module_name!r}")
+    return Path(spec.origin).read_text()
+
+
+@functools.lru_cache(maxsize=32)   # per process: rebuilding each student's models asks for it again
+def _load_class(target: str, base_dir: Path) -> type:
+    """The class `target` names: "package.module:Class", or, beside the config, "file.py:Class"
+    or "notebook.ipynb:Class" (the instructor's solution defining the architecture; its cells that
+    the class needs run here, nothing else of it). Trusted code: the config's author's."""
+    import importlib
+    import sys
+    import types
+
+    module_name, _, name = target.partition(":")
+    if not module_name.endswith((".py", ".ipynb")):
+        return getattr(importlib.import_module(module_name), name)
+    source = architecture_source(target, base_dir)
+    key = "grader_architecture_" + hashlib.sha256(f"{base_dir.resolve()}\0{target}\0{source}".encode()).hexdigest()[:16]
+    if key not in sys.modules:
+        module = types.ModuleType(key)
+        module.__file__ = str(base_dir / module_name)
+        exec(compile(source, f"{base_dir / module_name} ({name})", "exec"), module.__dict__)
+        sys.modules[key] = module
+    return getattr(sys.modules[key], name)
 
 
 class Architecture(Strict):
-    """The architecture the handout prescribes. The grader measures a student's model by loading
-    the weights it hands back into its own copy of these classes, never by calling the student's
-    objects, so nothing the student's code does at run time can change what is measured."""
+    """The architecture the handout prescribes, one class per model kind. The grader measures a
+    student's model by loading the weights it hands back into its own copy of these classes, never
+    by calling the student's objects, so nothing the student's code does at run time can change
+    what is measured. Each is built as Class(latent size)."""
 
-    ae: str                              # "module:Class", built as Class(latent size)
+    ae: str                              # "package.module:Class", or "file.py:Class" beside the config
     vae: str
-    latent: str                          # the parameter that holds the latent size
-    kinds: dict[str, Literal["ae", "vae"]]   # role -> kind, one per model in the contract
 
-    def kind(self, role: str) -> Literal["ae", "vae"]:
-        return self.kinds[role]
-
-    def model_class(self, role: str) -> type:
-        import importlib
-
-        module, _, name = getattr(self, self.kind(role)).partition(":")
-        return getattr(importlib.import_module(module), name)
+    def target(self, kind: ModelKind) -> str:
+        return getattr(self, kind)
 
 
 class ReferenceInfo(Strict):
-    betas_fixed: list[float]
     beta_sweep: list[float] = Field(min_length=1)
     good_beta_fid_factor: float = Field(gt=1.0)
 
@@ -155,13 +250,15 @@ class ProbeInfo(Strict):
     n_interp_pairs: int = Field(gt=0)
     interp_steps: int = Field(ge=3)
     n_reparam: int = Field(gt=1)
-    n_kl: int = Field(default=64, gt=1)         # rows for the KL unit check
-    interp_labels: list[str] = Field(default=["START_LABEL", "END_LABEL"], min_length=2, max_length=2)  # parameters
+    n_kl: int = Field(gt=1)                     # rows for the KL unit check
+    # The classifier recognises an image (a sample, a point on an interpolation path) as a digit
+    # from this top-class probability.
+    accept_confidence: float = Field(gt=0, lt=1)
     seed: int
     max_history_epochs: int = Field(default=1000, gt=0)   # history entries kept per model (figures only)
     max_export_mb: int = Field(default=64, gt=0)          # the weights the kernel may hand back
     unit_timeout_s: float = Field(default=120, gt=0)      # the unit checker's fresh process
-    memorised_distance: float = Field(default=0.025, gt=0)  # a sample this close to an MNIST image is a copy
+    memorised_distance: float = Field(gt=0)     # a sample this close to an MNIST image is a copy
 
 
 class RubricItemSpec(Strict):
@@ -175,7 +272,7 @@ class Evidence(Strict):
     """What of the student's own work a marker sees beside an answer (in `grader mark`)."""
 
     figures: list[str] = []    # figure names of the result record (result.figures), in this order
-    metrics: list[str] = []    # "role.field" of Metrics.student / Metrics.reference, e.g. "vae_beta0.kl"
+    metrics: list[str] = []    # "role.field" of Metrics.student / Metrics.reference (a [[models]] role)
     cells: list[str] = []      # regexes on code cells' source: their saved outputs beside the re-run's
 
     @field_validator("cells")
@@ -200,7 +297,7 @@ class Evidence(Strict):
         for metric in self.metrics:
             role, dot, name = metric.partition(".")
             if not (dot and role and name):
-                problems.append(f"evidence metric {metric!r} is not of the form role.field (e.g. 'vae_beta0.kl')")
+                problems.append(f"evidence metric {metric!r} is not of the form role.field (e.g. 'model.kl')")
             elif name not in ModelFigures.model_fields:
                 known = ", ".join(ModelFigures.model_fields)
                 problems.append(f"evidence metric {metric!r}: no measured figure {name!r} (known: {known})")
@@ -265,31 +362,37 @@ class ReparamUnitCheck(CheckBase):
 
 class ReconstructionCheck(CheckBase):
     kind: Literal["reconstruction"]
-    model: Literal["ae", "vae_beta0", "vae_beta10", "vae_tuned"]
+    model: str                  # a [[models]] role
     slack: float = Field(ge=1.0)
     floor: Literal["mean_image"] = "mean_image"
 
 
-class Beta0Check(CheckBase):
-    kind: Literal["beta0_behaviour"]
-    model: Literal["vae_beta0"] = "vae_beta0"
-    kl_factor: float = Field(gt=1.0)
+class KLUnconstrainedCheck(CheckBase):
+    """A VAE trained without a KL penalty (β = 0): its KL grows far past a tuned one's, and it
+    reconstructs like an autoencoder."""
+
+    kind: Literal["kl_unconstrained"]
+    model: str                  # a VAE role
+    kl_factor: float = Field(gt=1.0)   # KL at least this many times the tuned reference's (best β)
     slack: float = Field(ge=1.0)
 
 
-class Beta10Check(CheckBase):
-    kind: Literal["beta10_behaviour"]
-    model: Literal["vae_beta10"] = "vae_beta10"
+class KLCollapseCheck(CheckBase):
+    """A VAE whose KL penalty dominates (a large β): its posterior collapses onto the prior, its
+    reconstructions blur toward the reference's at that β."""
+
+    kind: Literal["kl_collapse"]
+    model: str                  # a VAE role
     kl_max: float = Field(gt=0)
     slack: float = Field(ge=1.0)
-    kl_band_factor: float = Field(default=2.0, gt=1.0)   # zero KL credit from this x kl_max
-    decoder_floor: float = Field(default=1.25, gt=0)     # no credit at an MSE above this x max(mean image, reference)
+    kl_band_factor: float = Field(gt=1.0)   # zero KL credit from this x kl_max
+    decoder_floor: float = Field(gt=0)      # no credit at an MSE above this x max(mean image, reference)
 
 
 class SampleWeights(Strict):
-    fid: float = Field(default=0.6, ge=0)
-    confidence: float = Field(default=0.2, ge=0)
-    coverage: float = Field(default=0.2, ge=0)
+    fid: float = Field(ge=0)
+    confidence: float = Field(ge=0)
+    coverage: float = Field(ge=0)
 
     @model_validator(mode="after")
     def _sum_to_one(self) -> "SampleWeights":
@@ -300,11 +403,13 @@ class SampleWeights(Strict):
 
 class SampleQualityCheck(CheckBase):
     kind: Literal["sample_quality"]
-    model: Literal["vae_tuned", "vae_beta0", "vae_beta10"] = "vae_tuned"
+    model: str                  # a [[models]] role
     slack: float = Field(ge=1.0)
     fid_floor_factor: float = Field(gt=1.0)
-    weights: SampleWeights = Field(default_factory=SampleWeights)
-    max_memorised_share: float = Field(default=0.1, ge=0, le=1)   # more copies of MNIST: no credit
+    weights: SampleWeights
+    max_memorised_share: float = Field(ge=0, le=1)   # more copies of training images: no credit
+    confidence_floor: float = Field(ge=0, lt=1)      # no confidence credit at this mean confidence
+    coverage_margin: float = Field(ge=0, le=1)       # full coverage credit this far below the reference's
 
 
 class BestBetaCheck(CheckBase):
@@ -313,8 +418,7 @@ class BestBetaCheck(CheckBase):
 
 class InterpolationCheck(CheckBase):
     kind: Literal["interpolation"]
-    models: list[Literal["ae", "vae_tuned"]] = Field(min_length=1)
-    accept_confidence: float = Field(gt=0, lt=1)
+    models: list[str] = Field(min_length=1)   # [[models]] roles
     slack: float = Field(ge=1.0)
 
 
@@ -323,8 +427,8 @@ CheckSpec = Annotated[
         KLUnitCheck,
         ReparamUnitCheck,
         ReconstructionCheck,
-        Beta0Check,
-        Beta10Check,
+        KLUnconstrainedCheck,
+        KLCollapseCheck,
         SampleQualityCheck,
         BestBetaCheck,
         InterpolationCheck,
@@ -333,7 +437,18 @@ CheckSpec = Annotated[
 ]
 
 
+class Scoring(Strict):
+    """Rules every check's partial credit follows (grader/score.py)."""
+
+    # Where a reference lies beyond a band's zero-credit end (a β so large that the mean image
+    # does better), the band keeps its zero end at least this factor past full credit instead of
+    # turning upside down: full_at x factor for lower-is-better figures, full_at / factor for
+    # higher-is-better ones.
+    min_band_factor: float = Field(gt=1.0)
+
+
 class Assessable(Strict):
+    model: str                  # the [[models]] role whose reference must have learned
     max_reference_mse_ratio: float = Field(gt=0, le=1)
 
 
@@ -358,6 +473,7 @@ class AssignmentConfig(Strict):
     assignment: AssignmentInfo
     classifier: ClassifierInfo
     parameters: Parameters
+    models: list[ModelSpec] = Field(min_length=1)
     contract: Contract
     architecture: Architecture
     reference: ReferenceInfo
@@ -365,6 +481,7 @@ class AssignmentConfig(Strict):
     probe: ProbeInfo
     questions: list[Question] = Field(min_length=1)
     checks: list[CheckSpec] = Field(min_length=1)
+    scoring: Scoring
     assessable: Assessable
     marking: MarkingSettings = Field(default_factory=MarkingSettings)
 
@@ -373,23 +490,40 @@ class AssignmentConfig(Strict):
     digest: str = ""
 
     @model_validator(mode="after")
-    def _every_model_has_a_kind(self) -> "AssignmentConfig":
-        missing = sorted(set(self.contract.model_names()) - set(self.architecture.kinds))
-        if missing:
-            raise ValueError(f"architecture.kinds: no kind (ae or vae) for the model(s) {', '.join(missing)}")
-        if self.architecture.latent not in self.parameters.spec:
-            raise ValueError(f"architecture.latent names {self.architecture.latent!r}, which is not a parameter")
+    def _models_are_consistent(self) -> "AssignmentConfig":
+        roles = [m.role for m in self.models]
+        for what, names in (("role", roles), ("variable", [m.variable for m in self.models])):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"models: duplicate {what}(s): {', '.join(dupes)}")
+        if sum(m.tuned for m in self.models) > 1:
+            raise ValueError("models: at most one model has beta = \"tuned\"")
         return self
 
     @model_validator(mode="after")
-    def _evidence_roles_are_models(self) -> "AssignmentConfig":
-        roles = self.contract.model_names()
+    def _roles_named_are_models(self) -> "AssignmentConfig":
+        """Every role a check, the assessability test or an evidence list names is a declared model
+        (of the kind its check measures)."""
+        kinds = {m.role: m.kind for m in self.models}
+        known = ", ".join(kinds)
+
+        def need(role: str, where: str, kind: str | None = None) -> None:
+            if role not in kinds:
+                raise ValueError(f"{where} names the role {role!r}, which is not a model of [[models]] (known: {known})")
+            if kind is not None and kinds[role] != kind:
+                raise ValueError(f"{where} names the role {role!r}, a model of kind {kinds[role]}; it measures a {kind}")
+
+        for check in self.checks:
+            for role in getattr(check, "models", None) or [getattr(check, "model", None)]:
+                if role is not None:
+                    need(role, f"check {check.id}",
+                         "vae" if check.kind in ("kl_unconstrained", "kl_collapse") else None)
+        need(self.assessable.model, "assessable.model")
         for question in self.questions:
             for metric in question.evidence.metrics:
-                role = metric.partition(".")[0]
-                if role not in roles:
-                    raise ValueError(f"question {question.id}: evidence metric {metric!r} names the role {role!r}, "
-                                     f"which is not a model of the contract (known: {', '.join(roles)})")
+                need(metric.partition(".")[0], f"question {question.id}: evidence metric {metric!r}")
+        if any(c.kind == "best_beta" for c in self.checks) and self.tuned_model is None:
+            raise ValueError("a best_beta check needs a model with beta = \"tuned\"")
         return self
 
     @model_validator(mode="after")
@@ -402,6 +536,38 @@ class AssignmentConfig(Strict):
 
     def path(self, relative: str) -> Path:
         return self.base_dir / relative
+
+    # --- the models -----------------------------------------------------------------------------
+
+    def model(self, role: str) -> ModelSpec:
+        for spec in self.models:
+            if spec.role == role:
+                return spec
+        raise KeyError(role)
+
+    def model_names(self) -> dict[str, str]:
+        """Role -> kernel variable, for every model, in the config's order."""
+        return {m.role: m.variable for m in self.models}
+
+    def labels(self) -> dict[str, str]:
+        """Role -> the label a reader sees."""
+        return {m.role: m.label for m in self.models}
+
+    @property
+    def tuned_model(self) -> ModelSpec | None:
+        """The model whose β the student chooses, if one is."""
+        return next((m for m in self.models if m.tuned), None)
+
+    def fixed_betas(self) -> dict[str, float]:
+        """Role -> β of the VAEs whose β the config fixes, in order."""
+        return {m.role: m.fixed_beta for m in self.models if m.fixed_beta is not None}
+
+    def model_class(self, kind: ModelKind) -> type:
+        """The architecture's class for a kind of model (built as Class(latent size))."""
+        return _load_class(self.architecture.target(kind), self.base_dir)
+
+    def latent_size(self, params: dict[str, ParamValue]) -> int:
+        return int(params[self.parameters.roles.latent_size])  # type: ignore[arg-type]
 
     @property
     def max_auto_points(self) -> float:

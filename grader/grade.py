@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import nbformat
 import torch
@@ -43,6 +43,10 @@ from .records import Answer, ExecutionResult, Mark, RubricItem, SubmissionResult
 from .score import score_checks, totals
 from .execute import EXECUTED_NOTEBOOK
 from .unitcheck import UnitInputs, UnitResult
+
+if TYPE_CHECKING:  # types only: prepare() imports them in the workers, the main process never needs them
+    from .measure import Judge
+    from .reference import ReferenceSet
 
 # What may be copied out of a scratch directory, and how big each may be (bytes).
 MAX_EXECUTED_BYTES = 100 << 20
@@ -104,8 +108,8 @@ class GradingContext:
     data_dir: Path
     inputs: ProbeInputs                # model inputs; they never leave the grader's process
     unit_inputs: UnitInputs            # inputs of the KL / reparameterize unit checks
-    judge: object                      # measure.Judge
-    reference: object                  # reference.ReferenceSet
+    judge: Judge                       # the classifier, the test set's statistics, the image bank
+    reference: ReferenceSet            # the reference models at the run's parameters
     device: str
     template: nbformat.NotebookNode | None
     options: GradeOptions
@@ -120,17 +124,19 @@ class GradingContext:
         return run_overrides(self.config, self.params)
 
     def reference_probe(self, beta: float | None) -> ProbeData:
-        """The reference models' outputs, with vae_tuned trained at `beta`: the same function
-        measures them as measures the students' rebuilt models."""
+        """The reference models' outputs, with the tuned model's trained at `beta`: the same
+        function measures them as measures the students' rebuilt models."""
         tuned_beta, tuned = self.reference.exact_vae(beta, self.data_dir, self.log)
         if tuned_beta not in self._reference_probes:
-            models = {**self.reference.models, "vae_tuned": tuned}
+            models = dict(self.reference.models)
+            if self.config.tuned_model is not None:
+                models[self.config.tuned_model.role] = tuned
             self._reference_probes[tuned_beta] = probe_models(models, self.config, self.inputs)
         return self._reference_probes[tuned_beta]
 
     def reference_measurement(self, beta: float | None):
         """The reference's figures and samples' captions (measure.ReferenceMeasurement) with
-        vae_tuned at `beta`: measured once per β and reference (kept on disk), not per student,
+        the tuned model at `beta`: measured once per β and reference (kept on disk), not per student,
         run or worker."""
         from .measure import measure_reference
 
@@ -144,7 +150,7 @@ class GradingContext:
         return self._reference_figures[tuned_beta]
 
     def reference_figures(self, beta: float | None) -> dict:
-        """The reference's figures with vae_tuned at `beta`, computed once per β in a run."""
+        """The reference's figures with the tuned model at `beta`, computed once per β in a run."""
         return self.reference_measurement(beta).figures
 
 
@@ -167,10 +173,9 @@ def prepare(options: GradeOptions, log: Log) -> GradingContext:
     # On the GPU where there is one, as the reference measures its models (pick_device):
     # classify() moves each batch to the classifier's device and returns CPU tensors.
     classifier = load_configured_classifier(config, pick_device())
-    accept = next((c.accept_confidence for c in config.checks if c.kind == "interpolation"), 0.5)
     train_x, _ = load_mnist(train=True, data_dir=data_dir)
-    judge = Judge.build(classifier, test_x, accept, real_images=torch.cat([train_x, test_x]),
-                        memorised_distance=config.probe.memorised_distance)
+    judge = Judge.build(classifier, test_x, config.probe.accept_confidence, config.probe.memorised_distance,
+                        real_images=torch.cat([train_x, test_x]))
     reference = build_reference(config, params, log=log)
     handout = config.path(config.assignment.handout)
     template = nbformat.read(handout, as_version=4) if handout.exists() else None
@@ -242,7 +247,8 @@ def execution_key(ctx: GradingContext, notebook: Path) -> str:
     limits = ctx.config.limits.model_dump()
     return _digest(
         submission_digest(notebook), ctx.params, ctx.unit_inputs.__dict__,
-        ctx.config.contract.model_dump(), ctx.config.architecture.model_dump(), ctx.config.probe.model_dump(),
+        ctx.config.contract.model_dump(), [m.model_dump() for m in ctx.config.models],
+        ctx.config.architecture.model_dump(), ctx.config.probe.model_dump(),
         ctx.config.parameters.tag, limits, ctx.options.cell_timeout, ctx.options.notebook_timeout,
         __version__, versioning.execution_digest(),
     )

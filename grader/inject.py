@@ -5,7 +5,7 @@ Papermill's conventions: the cell tagged `parameters` holds the defaults; the in
 run is replaced, never stacked.
 
 Unlike papermill, a notebook without the tag is not simply given its parameters before the first
-cell (where the notebook's own `EPOCHS = 10` would silently win): the first code cell that assigns
+cell (where the notebook's own assignments would silently win): the first code cell that assigns
 at least half of the parameters at its top level is treated as the parameters cell, and the
 report says so (`placement_warning`).
 """

@@ -41,20 +41,20 @@ class Judge:
 
     classifier: torch.nn.Module
     test_stats: metrics.FeatureStats
-    accept_confidence: float = 0.5
+    accept_confidence: float                # an image is a digit from this top-class probability
+    memorised_distance: float               # a sample this close to a bank image is a copy
     bank: metrics.ImageBank | None = None   # every MNIST image, for spotting memorised samples
-    memorised_distance: float = 0.025
 
     @classmethod
     def build(cls, classifier: torch.nn.Module, test_images: torch.Tensor, accept_confidence: float,
-              real_images: torch.Tensor | None = None, memorised_distance: float = 0.025) -> Judge:
+              memorised_distance: float, real_images: torch.Tensor | None = None) -> Judge:
         from .reference import (
             feature_stats_of_test_set,  # shared with reference building
         )
 
         bank = metrics.ImageBank.of(real_images) if real_images is not None else None
         return cls(classifier, feature_stats_of_test_set(classifier, test_images), accept_confidence,
-                   bank, memorised_distance)
+                   memorised_distance, bank)
 
     def judge(self, images: np.ndarray):
         return classify(self.classifier, torch.from_numpy(images).reshape(-1, 1, 28, 28))
@@ -132,7 +132,7 @@ def all_model_figures(probe: ProbeData, inputs: ProbeInputs, judge: Judge, confi
     sample captions go into `captions` when it is given."""
     figures, missing = {}, {}
     memorisation_roles = _sample_roles(config) if check_memorisation else set()
-    for role in config.contract.model_names():
+    for role in config.model_names():
         if role in probe.errors:
             missing[role] = probe.errors[role]
             continue
@@ -187,7 +187,7 @@ def _unit(name: str, fn, probe: ProbeData, inputs: UnitInputs, missing: dict):
 
 @dataclass
 class ReferenceMeasurement:
-    """The reference's figures (vae_tuned at one β, and the best-β anchor) and its samples'
+    """The reference's figures (the tuned model at one β, and the best-β anchor) and its samples'
     captions: the same for every student who chose that β, so computed once per β and run."""
 
     figures: dict[str, ModelFigures]
@@ -201,8 +201,9 @@ def measure_reference(reference: ProbeData, reference_best: ProbeData, inputs: P
                                          captions=captions)
     if missing:  # the grader's own models: a failure here is a bug, not the student's
         raise RuntimeError(f"reference models could not be measured: {missing}")
-    tuned_role = next(iter(_sample_roles(config)), "vae_tuned")
-    figures[BEST] = model_figures(reference_best, tuned_role, inputs, judge)
+    tuned = config.tuned_model
+    if tuned is not None:
+        figures[BEST] = model_figures(reference_best, tuned.role, inputs, judge)
     return ReferenceMeasurement(figures, captions)
 
 
@@ -222,7 +223,7 @@ def measure(
     captions: dict[str, SampleCaptions] = {}
     student_figures, missing = all_model_figures(student, inputs, judge, config, captions=captions)
     if "probe" in student.errors:
-        missing.update({role: student.errors["probe"] for role in config.contract.model_names() if role not in missing})
+        missing.update({role: student.errors["probe"] for role in config.model_names() if role not in missing})
     result = Metrics(
         student=student_figures,
         reference=reference_figures,
@@ -232,11 +233,12 @@ def measure(
         reference_good_betas=sorted(good_betas),
         reference_best_beta=reference_best_beta,
     )
-    ae_mse = reference_figures["ae"].mse
+    anchor = config.model(config.assessable.model)
+    anchor_mse = reference_figures[anchor.role].mse
     ratio = config.assessable.max_reference_mse_ratio
-    assessable = ae_mse < ratio * mean_image_mse
+    assessable = anchor_mse < ratio * mean_image_mse
     reason = (
-        f"the reference autoencoder reconstructs at MSE {ae_mse:.4f}, not below {ratio:g} x the "
+        f"the reference model ({anchor.label}) reconstructs at MSE {anchor_mse:.4f}, not below {ratio:g} x the "
         f"mean image's {mean_image_mse:.4f}, so good and broken models cannot be told apart"
     )
     return StudentMeasurement(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -27,7 +27,7 @@ def _mlp(sizes: list[int]) -> list[nn.Module]:
 
 
 class AutoEncoder(nn.Module):
-    """MLP autoencoder: 784 -> 512 -> 256 -> NZ -> 256 -> 512 -> 784, sigmoid output."""
+    """MLP autoencoder: 784 -> 512 -> 256 -> nz -> 256 -> 512 -> 784, sigmoid output."""
 
     def __init__(self, nz: int):
         super().__init__()
@@ -49,7 +49,7 @@ class AutoEncoder(nn.Module):
 
 
 class VAE(AutoEncoder):
-    """The same MLP; the encoder outputs (mu, log_sigma), each [B, NZ]."""
+    """The same MLP; the encoder outputs (mu, log_sigma), each [B, nz]."""
 
     def _code_size(self) -> int:
         return 2 * self.nz
@@ -88,7 +88,7 @@ class TrainSettings:
 
 @dataclass
 class TrainedModel:
-    model: AutoEncoder
+    model: nn.Module
     beta: float | None          # None for the plain autoencoder
     history: list[dict] = field(default_factory=list)   # [{"epoch", "rec", "kl"}]
 
@@ -108,11 +108,15 @@ def train_model(
     images: torch.Tensor,
     settings: TrainSettings,
     beta: float | None,
-    device: torch.device | str = "cpu",
+    device: torch.device | str,
+    build: Callable[[int], nn.Module],
 ) -> TrainedModel:
-    """Train an AE (beta=None) or a VAE with loss mean(rec + beta * KL), seeded by settings.seed."""
+    """Train an autoencoder (beta=None) or a VAE with loss mean(rec + beta * KL), seeded by
+    settings.seed. build: the architecture's class (the config's, for the model's kind), built as
+    build(latent size); only its encode and decode are called, as the probe calls them: an
+    autoencoder's encode returns the code, a VAE's (mu, log_sigma)."""
     torch.manual_seed(settings.seed)
-    model = (AutoEncoder if beta is None else VAE)(settings.nz).to(device)
+    model = build(settings.nz).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     generator = torch.Generator().manual_seed(settings.seed)
     images = images.to(device)
@@ -123,10 +127,11 @@ def train_model(
         for index in shuffled_batches(len(images), settings.batch_size, generator):
             x = images[index.to(images.device)]
             if beta is None:
-                rec, kl = reconstruction_loss(model(x), x), torch.zeros(len(x), device=x.device)
+                rec, kl = reconstruction_loss(model.decode(model.encode(x)), x), torch.zeros(len(x), device=x.device)
                 loss = rec.mean()
             else:
-                x_hat, mu, log_sigma = model(x)
+                mu, log_sigma = model.encode(x)
+                x_hat = model.decode(reparameterize(mu, log_sigma))
                 rec, kl = reconstruction_loss(x_hat, x), kl_divergence(mu, log_sigma)
                 loss = (rec + beta * kl).mean()
             optimizer.zero_grad(set_to_none=True)

@@ -39,9 +39,9 @@ class ProbeInputs:
 
     test_x: np.ndarray        # [n_test, 1, 28, 28] float32
     test_y: np.ndarray        # [n_test] int64
-    prior_z: np.ndarray       # [n_samples, NZ]
-    interp_start: np.ndarray  # [P, 1, 28, 28] test images of START_LABEL
-    interp_end: np.ndarray    # [P, 1, 28, 28] test images of END_LABEL
+    prior_z: np.ndarray       # [n_samples, latent size]
+    interp_start: np.ndarray  # [P, 1, 28, 28] test images of the interpolation's start class
+    interp_end: np.ndarray    # [P, 1, 28, 28] test images of its end class
     interp_alpha: np.ndarray  # [S] from 0 to 1
     start_label: int = 0
     end_label: int = 0
@@ -51,12 +51,13 @@ def make_probe_inputs(
     config: AssignmentConfig, params: dict, test_x: torch.Tensor, test_y: torch.Tensor
 ) -> ProbeInputs:
     spec = config.probe
-    nz = int(params[config.architecture.latent])
+    nz = config.latent_size(params)
     rng = np.random.default_rng(spec.seed)
     x = test_x.numpy().astype(np.float32)
     y = test_y.numpy().astype(np.int64)
     chosen = np.sort(rng.choice(len(x), size=min(spec.n_test, len(x)), replace=False))
-    start_label, end_label = (int(params[name]) for name in config.probe.interp_labels)
+    roles = config.parameters.roles
+    start_label, end_label = (int(params[name]) for name in (roles.interpolation_start, roles.interpolation_end))
     starts = _pick_label(rng, y, start_label, spec.n_interp_pairs)
     ends = _pick_label(rng, y, end_label, spec.n_interp_pairs)
     return ProbeInputs(
@@ -81,15 +82,21 @@ def _pick_label(rng: np.random.Generator, labels: np.ndarray, label: int, count:
 # --- in the kernel (the export itself: kernel_export.py) ----------------------------------------
 
 
+def history_key(kind: str) -> str:
+    """Where the export keeps the training record of a kind of model among its plain values."""
+    return f"history.{kind}"
+
+
 def export_spec(config: AssignmentConfig) -> dict:
     contract = config.contract
+    models = config.model_names()
     return {
-        "models": contract.model_names(),
+        "models": models,
         "best_beta": contract.best_beta,
-        "histories": {"ae_history": contract.ae_history, "vae_histories": contract.vae_histories},
+        "histories": {history_key(kind): var for kind, var in contract.histories.items()},
         "max_history": config.probe.max_history_epochs,
         # float32 weights; the bound keeps a hostile export from filling memory or disk
-        "max_elements": config.probe.max_export_mb * (1 << 20) // 4 // max(len(contract.model_names()), 1),
+        "max_elements": config.probe.max_export_mb * (1 << 20) // 4 // max(len(models), 1),
         "weights_file": WEIGHTS_FILE,
         "values_file": VALUES_FILE,
     }
@@ -172,7 +179,7 @@ def load_export(workdir: Path, config: AssignmentConfig) -> KernelExport:
         return export
     for key, array in flat.items():
         role, _, name = key.partition("/")
-        if role in config.contract.model_names() and name:
+        if role in config.model_names() and name:
             export.weights.setdefault(role, {})[name] = array
     return export
 
@@ -205,7 +212,7 @@ def probe_model(model: torch.nn.Module, kind: str, inputs: ProbeInputs) -> dict[
 
     def code_of(x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
         encoded = model.encode(torch.from_numpy(x))
-        return (encoded, None) if kind == "ae" else (encoded[0], encoded[1])
+        return (encoded[0], encoded[1]) if kind == "vae" else (encoded, None)
 
     mu, log_sigma = code_of(inputs.test_x)
     out = {"recon": _numpy(model.decode(mu)), "z": _numpy(mu)}
@@ -226,7 +233,7 @@ def probe_models(models: dict[str, torch.nn.Module], config: AssignmentConfig, i
     data = ProbeData()
     for role, model in models.items():
         try:
-            for what, array in probe_model(model, config.architecture.kind(role), inputs).items():
+            for what, array in probe_model(model, config.model(role).kind, inputs).items():
                 data.arrays[f"{role}.{what}"] = array
         except Exception as exc:  # the weights may be valid yet make a model that fails
             data.errors[role] = f"{type(exc).__name__}: {exc}"[:500]

@@ -62,7 +62,7 @@ class CheckResult(BaseModel):
     max_points: float
     message: str                    # what was measured and what was expected
     reason: CheckReason
-    missing: list[str] = []         # the parts that could not be measured ("vae_tuned", "best_beta")
+    missing: list[str] = []         # the parts that could not be measured (a model's role, "best_beta")
     assessable: bool = True         # False: reference not learned at these parameters
     band: str = ""                  # e.g. "full credit <= 0.044; zero at >= 0.067"
 
@@ -125,7 +125,7 @@ class ReparamUnitFigures(BaseModel):
 
 
 class Metrics(BaseModel):
-    student: dict[str, ModelFigures] = {}     # role (ae, vae_beta0, ...) -> figures
+    student: dict[str, ModelFigures] = {}     # [[models]] role -> figures
     reference: dict[str, ModelFigures] = {}
     mean_image_mse: float | None = None       # the floor: predicting the mean training image
     kl_unit: KLUnitFigures | None = None

@@ -1,10 +1,12 @@
 """Reference models: the solution's AE and VAEs, trained by the grader at the student's parameters.
 
 Every check compares a student's model with the reference trained on the same data, with the same
-parameters, so a grade does not depend on the parameters a course picks. The set holds the AE,
-the VAEs at the config's fixed betas (0 and 10) and at every beta of its sweep; the sweep beta
-whose prior samples are closest to the test set (Fréchet distance in the classifier's feature
-space) is the tuned VAE, and the betas within `good_beta_fid_factor` of it are the "good" ones.
+parameters, so a grade does not depend on the parameters a course picks. The set holds one model
+per [[models]] autoencoder, the VAEs at the config's fixed betas and at every beta of its sweep;
+the sweep beta whose prior samples are closest to the test set (Fréchet distance in the
+classifier's feature space) stands for the tuned model, and the betas within
+`good_beta_fid_factor` of it are the "good" ones. The models are the config's architecture
+classes, trained by grader/models.py's loop.
 
 Training is the expensive part, so a set is cached under a key of everything that changes it
 (training parameters, betas, the training code, torch, the device kind, MNIST, the classifier)
@@ -27,22 +29,20 @@ from typing import Callable
 
 import filelock
 import torch
+from torch import nn
 
 from . import atomic, metrics, models, paths
-from .config import AssignmentConfig, ParamValue
+from .config import AssignmentConfig, ModelKind, ParamValue
 from .errors import ConfigError
-from .models import VAE, AutoEncoder, TrainSettings, TrainedModel, pick_device, train_model
+from .models import TrainedModel, TrainSettings, pick_device, train_model
 from .records import ModelFigures
 
 Log = Callable[[str], None]
 
 # Bump when what the cache holds, or how its figures are computed, changes meaning.
 REFERENCE_FORMAT = 1
-# The notebook parameters that change the trained models (DATA_DIR, START_LABEL, END_LABEL do not).
-TRAINING_PARAMS = ("NZ", "EPOCHS", "BATCH_SIZE", "LR", "SEED", "TRAIN_SUBSET")
 # Fréchet distances from fewer prior samples than this are too noisy to rank betas by.
 MIN_PRIOR_SAMPLES = 1000
-FIXED_ROLES = ("vae_beta0", "vae_beta10")   # config.reference.betas_fixed, in order
 WEIGHTS_FILE = "models.pt"
 META_FILE = "reference.json"
 EVAL_BATCH = 2000
@@ -51,38 +51,67 @@ EVAL_BATCH = 2000
 # --- parameters ---------------------------------------------------------------------------------
 
 
-def training_params(params: dict[str, ParamValue]) -> dict[str, ParamValue]:
-    """The six training parameters out of a notebook parameter dict, checked; ConfigError if not."""
-    missing = [name for name in TRAINING_PARAMS if name not in params]
+def training_params(config: AssignmentConfig, params: dict[str, ParamValue]) -> dict[str, ParamValue]:
+    """The training parameters (the config's parameters.roles training ones, by parameter name)
+    out of a notebook parameter dict, checked; ConfigError if not. The others (the data folder,
+    the interpolation's classes) do not change the trained models."""
+    names = config.parameters.roles.training()
+    missing = [name for name in names.values() if name not in params]
     if missing:
         raise ConfigError(f"reference training needs the parameter(s) {', '.join(missing)}")
-    chosen = {name: params[name] for name in TRAINING_PARAMS}
-    for name in ("NZ", "EPOCHS", "BATCH_SIZE", "SEED"):
+    chosen = {name: params[name] for name in names.values()}
+    for role in ("latent_size", "epochs", "batch_size", "seed"):
+        name = names[role]
         if not isinstance(chosen[name], int) or isinstance(chosen[name], bool):
             raise ConfigError(f"parameter {name}: expected an integer, got {chosen[name]!r}")
-    for name in ("NZ", "EPOCHS", "BATCH_SIZE"):
-        if chosen[name] < 1:
+        if role != "seed" and chosen[name] < 1:  # type: ignore[operator]
             raise ConfigError(f"parameter {name}: must be at least 1, got {chosen[name]}")
-    lr = chosen["LR"]
+    name = names["learning_rate"]
+    lr = chosen[name]
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and math.isfinite(lr)):
-        raise ConfigError(f"parameter LR: expected a positive number, got {lr!r}")
-    chosen["LR"] = float(lr)
-    subset = chosen["TRAIN_SUBSET"]
+        raise ConfigError(f"parameter {name}: expected a positive number, got {lr!r}")
+    chosen[name] = float(lr)
+    name = names["train_subset"]
+    subset = chosen[name]
     if subset is not None and (not isinstance(subset, int) or isinstance(subset, bool) or subset < 1):
-        raise ConfigError(f"parameter TRAIN_SUBSET: expected None or a positive integer, got {subset!r}")
+        raise ConfigError(f"parameter {name}: expected None or a positive integer, got {subset!r}")
     return chosen
 
 
-def reference_params(params: dict[str, ParamValue]) -> TrainSettings:
-    """grader.models.TrainSettings from the notebook parameters (NZ, EPOCHS, BATCH_SIZE, LR, SEED)."""
-    p = training_params(params)
-    return TrainSettings(nz=p["NZ"], epochs=p["EPOCHS"], batch_size=p["BATCH_SIZE"], lr=p["LR"], seed=p["SEED"])
+def reference_params(config: AssignmentConfig, params: dict[str, ParamValue]) -> TrainSettings:
+    """grader.models.TrainSettings from the notebook parameters the config's roles name."""
+    p = training_params(config, params)
+    names = config.parameters.roles.training()
+    return TrainSettings(nz=p[names["latent_size"]], epochs=p[names["epochs"]],  # type: ignore[arg-type]
+                         batch_size=p[names["batch_size"]], lr=p[names["learning_rate"]],  # type: ignore[arg-type]
+                         seed=p[names["seed"]])  # type: ignore[arg-type]
+
+
+def train_subset_of(config: AssignmentConfig, params: dict[str, ParamValue]) -> int | None:
+    """How many training images the models train on (None: all of them)."""
+    return params[config.parameters.roles.train_subset]  # type: ignore[return-value]
 
 
 def training_subset(images: torch.Tensor, train_subset: int | None) -> torch.Tensor:
-    """The images the solution notebook trains on: the first TRAIN_SUBSET of the training set
+    """The images the solution notebook trains on: the first `train_subset` of the training set
     (all of them when None). First-N keeps it deterministic and trivial to mirror in a notebook."""
     return images if train_subset is None else images[:train_subset]
+
+
+def _kind_of(beta: float | None) -> ModelKind:
+    """A reference run's model kind: the autoencoders train without a β."""
+    return "ae" if beta is None else "vae"
+
+
+def architecture_digest(config: AssignmentConfig) -> dict[str, str]:
+    """Per model kind, the class the config names and the SHA-256 of the code that defines it."""
+    from .config import architecture_source
+
+    digests = {}
+    for kind in ("ae", "vae"):
+        target = config.architecture.target(kind)
+        digests[kind] = f"{target} {_sha256_bytes(architecture_source(target, config.base_dir).encode())}"
+    return digests
 
 
 # --- cache key ----------------------------------------------------------------------------------
@@ -111,11 +140,12 @@ def reference_cache_key(
 ) -> str:
     """SHA-256 (hex) of everything that changes the reference set.
 
-    The training parameters, both beta lists, the source of grader/models.py (architecture,
-    loss, training loop), torch's version, the device kind (cpu/cuda: kernels differ), the
-    MNIST md5s, and what the figures depend on: the classifier (its configured sha256, or
-    `classifier_digest` for one given in memory), the prior samples (count, seed) and the
-    confidence threshold. Not DATA_DIR, START_LABEL, END_LABEL: they do not change the models.
+    The training parameters, both beta lists, the source of grader/models.py (loss, training
+    loop) and of the architecture's classes, torch's version, the device kind (cpu/cuda: kernels
+    differ), the MNIST md5s, and what the figures depend on: the classifier (its configured
+    sha256, or `classifier_digest` for one given in memory), the prior samples (count, seed) and
+    the confidence threshold. Not the other parameters (data folder, interpolation classes):
+    they do not change the models.
     """
     return _key_of(cache_key_inputs(config, params, device_kind, classifier_digest))
 
@@ -136,16 +166,18 @@ def cache_key_inputs(
     kind = device_kind.type if isinstance(device_kind, torch.device) else torch.device(device_kind).type
     return {
         "format": REFERENCE_FORMAT,
-        "training": training_params(params),
-        "betas_fixed": [float(b) for b in config.reference.betas_fixed],
+        "training": training_params(config, params),
+        "autoencoders": [m.role for m in config.models if m.kind == "ae"],
+        "betas_fixed": list(config.fixed_betas().values()),
         "beta_sweep": [float(b) for b in config.reference.beta_sweep],
         "models_source": _sha256_bytes(Path(models.__file__).read_bytes()),
+        "architecture": architecture_digest(config),
         "torch": torch.__version__,
         "device": kind,
         "mnist": mnist_md5s(),
         "classifier": classifier_digest or config.classifier.sha256,
         "prior_samples": [prior_sample_count(config), config.probe.seed],
-        "confidence": _accept_confidence(config),
+        "confidence": config.probe.accept_confidence,
     }
 
 
@@ -154,11 +186,11 @@ def cache_key_inputs(
 
 @dataclass
 class ReferenceSet:
-    params: dict[str, ParamValue]             # the six training parameters
+    params: dict[str, ParamValue]             # the training parameters, by name
     key: str
     device: str                               # where it was trained: "cpu" / "cuda"
-    models: dict[str, AutoEncoder]            # "ae", "vae_beta0", "vae_beta10", "vae_tuned" (on the CPU)
-    sweep: dict[float, VAE]                   # every sweep beta -> its VAE
+    models: dict[str, nn.Module]              # [[models]] role -> its reference (on the CPU)
+    sweep: dict[float, nn.Module]             # every sweep beta -> its VAE
     best_beta: float                          # sweep beta with the lowest sample Fréchet distance
     good_betas: list[float]                   # sweep betas within good_beta_fid_factor x the best
     histories: dict                           # {"ae": [...], "vae": {beta: [...]}} per epoch rec / kl
@@ -166,12 +198,16 @@ class ReferenceSet:
     sweep_figures: dict[float, ModelFigures]  # sweep beta -> figures
     mean_image: torch.Tensor                  # [1, 28, 28] mean training image
     mean_image_mse: float                     # MSE per pixel of predicting it for every test image
-    betas: dict[str, float | None]            # role -> beta (None for the AE)
-    train_seconds: dict[str, float] = field(default_factory=dict)   # "ae" / "beta=<b>" -> seconds
+    betas: dict[str, float | None]            # role -> beta (None for an autoencoder)
+    settings: TrainSettings                   # how each model was trained
+    train_subset: int | None                  # on the first this many training images (None: all)
+    builders: dict[ModelKind, Callable[[int], nn.Module]]   # the architecture's class per model kind
+    tuned_role: str | None = None             # the model whose reference follows the student's β
+    train_seconds: dict[str, float] = field(default_factory=dict)   # run name (role / "beta=<b>") -> seconds
     path: Path | None = None                  # the cache entry
     cache_hit: bool = False
 
-    def vae_at(self, beta: float | None) -> tuple[float, VAE]:
+    def vae_at(self, beta: float | None) -> tuple[float, nn.Module]:
         """The sweep VAE nearest to `beta` on a log scale, with its beta: the fair comparison for
         a student's tuned VAE. None or a non-finite beta gives the best one; beta <= 0 the smallest."""
         if beta is None or not math.isfinite(beta):
@@ -182,21 +218,21 @@ class ReferenceSet:
             nearest = min(self.sweep, key=lambda b: (abs(math.log(b / beta)) if b > 0 else math.inf, b))
         return nearest, self.sweep[nearest]
 
-    def exact_vae(self, beta: float | None, data_dir: Path | None = None, log: Log = print) -> tuple[float, VAE]:
+    def exact_vae(self, beta: float | None, data_dir: Path | None = None, log: Log = print) -> tuple[float, nn.Module]:
         """The reference VAE trained at exactly `beta` — the fair comparison for a student's tuned
         VAE: a β the set already holds is reused; any other is trained once with the set's
         parameters and kept in the cache entry (entry/extra/). A missing, non-finite or negative
         β falls back to `vae_at`."""
         if beta is None or not math.isfinite(beta) or beta < 0 or self.path is None:
             return self.vae_at(beta)
-        held = {**self.sweep, **{b: self.models[r] for r, b in self.betas.items() if r != "ae" and b is not None}}
+        held = {**self.sweep, **{b: self.models[r] for r, b in self.betas.items() if b is not None}}
         for known, model in held.items():
             if math.isclose(known, beta, rel_tol=1e-9, abs_tol=1e-12):
                 return known, model
         extra = self.path / "extra" / f"{_beta_name(beta)}.pt"
         extra.parent.mkdir(exist_ok=True)
         with filelock.FileLock(self.path / "extra.lock"):
-            model = VAE(int(self.params["NZ"]))
+            model = self.builders["vae"](self.settings.nz)
             try:
                 model.load_state_dict(torch.load(extra, map_location="cpu", weights_only=True))
                 return beta, model.eval()
@@ -205,8 +241,8 @@ class ReferenceSet:
             from .data import load_mnist
 
             started = time.perf_counter()
-            train_x = training_subset(load_mnist(train=True, data_dir=data_dir)[0], self.params["TRAIN_SUBSET"])
-            trained = train_model(train_x, reference_params(self.params), beta, pick_device(self.device))
+            train_x = training_subset(load_mnist(train=True, data_dir=data_dir)[0], self.train_subset)
+            trained = train_model(train_x, self.settings, beta, pick_device(self.device), self.builders["vae"])
             buffer = io.BytesIO()
             torch.save({k: v.detach().cpu() for k, v in trained.model.state_dict().items()}, buffer)
             atomic.write_bytes(extra, buffer.getvalue())
@@ -221,20 +257,16 @@ def _beta_name(beta: float) -> str:
 def _all_betas(config: AssignmentConfig) -> list[float]:
     """Fixed betas then sweep betas, each once."""
     betas: list[float] = []
-    for beta in [*config.reference.betas_fixed, *config.reference.beta_sweep]:
+    for beta in [*config.fixed_betas().values(), *config.reference.beta_sweep]:
         if float(beta) not in betas:
             betas.append(float(beta))
     return betas
 
 
-def _fixed_roles(config: AssignmentConfig) -> dict[str, float]:
-    fixed = config.reference.betas_fixed
-    if len(fixed) != len(FIXED_ROLES):
-        raise ConfigError(
-            f"{config.base_dir}: [reference] betas_fixed must list {len(FIXED_ROLES)} betas "
-            f"(for {', '.join(FIXED_ROLES)}), got {list(fixed)}"
-        )
-    return {role: float(beta) for role, beta in zip(FIXED_ROLES, fixed)}
+def _runs(config: AssignmentConfig) -> list[tuple[str, float | None]]:
+    """(name, beta) of every model the reference trains: the autoencoders by role, then a VAE per β."""
+    return ([(m.role, None) for m in config.models if m.kind == "ae"]
+            + [(_beta_name(b), b) for b in _all_betas(config)])
 
 
 def select_betas(config: AssignmentConfig, fids: dict[float, float | None]) -> tuple[float, list[float]]:
@@ -263,11 +295,6 @@ class _Evaluation:
     confidence: float                 # a sample counts as confident from this max probability
 
 
-def _accept_confidence(config: AssignmentConfig) -> float:
-    """The interpolation check's acceptance threshold, which measure.py also applies to samples."""
-    return next((c.accept_confidence for c in config.checks if c.kind == "interpolation"), 0.5)
-
-
 def feature_stats_of_test_set(classifier: torch.nn.Module, test_x: torch.Tensor) -> metrics.FeatureStats:
     """Classifier feature statistics of the test images: the Fréchet target, computed once per
     classifier and image set and kept in the per-user cache (classifying 10 000 images is most
@@ -282,7 +309,7 @@ def _in_batches(fn, x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _model_figures(model: AutoEncoder, ev: _Evaluation) -> ModelFigures:
+def _model_figures(model: nn.Module, kind: ModelKind, ev: _Evaluation) -> ModelFigures:
     """Test MSE (decoding the mean code), KL and ELBO, and the prior samples' quality.
 
     As grader/measure.py does for students: reconstructions decode mu, and the ELBO's
@@ -291,7 +318,7 @@ def _model_figures(model: AutoEncoder, ev: _Evaluation) -> ModelFigures:
     from .classifier import classify
 
     model = model.to(ev.device).eval()
-    if isinstance(model, VAE):
+    if kind == "vae":
         codes = _in_batches(lambda x: torch.cat(model.encode(x), dim=1), ev.test_x, ev.device)
         mu, log_sigma = codes.chunk(2, dim=1)
     else:
@@ -337,10 +364,10 @@ def _load_entry(entry: Path, key: str, config: AssignmentConfig) -> ReferenceSet
         raise _CorruptEntry(f"{WEIGHTS_FILE} does not match its recorded sha256")
     try:
         states = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-        nz = meta["params"]["NZ"]
-        loaded: dict[str, AutoEncoder] = {}
+        nz = meta["params"][config.parameters.roles.latent_size]
+        loaded: dict[str, nn.Module] = {}
         for name, info in meta["models"].items():
-            model = (AutoEncoder if info["beta"] is None else VAE)(nz)
+            model = config.model_class(_kind_of(info["beta"]))(nz)
             model.load_state_dict(states[name])
             loaded[name] = model.eval()
         return _assemble(
@@ -358,23 +385,26 @@ def _assemble(
     config: AssignmentConfig,
     key: str,
     meta: dict,
-    by_name: dict[str, AutoEncoder],
+    by_name: dict[str, nn.Module],
     mean_image: torch.Tensor,
     path: Path | None,
     cache_hit: bool,
 ) -> ReferenceSet:
-    """A ReferenceSet from stored models (by "ae" / "beta=<b>") and metadata."""
+    """A ReferenceSet from stored models (by run name: an autoencoder's role, "beta=<b>") and
+    metadata."""
     figures_by_name = {name: _figures_from_json(f) for name, f in meta["figures"].items()}
     sweep_betas = [float(b) for b in config.reference.beta_sweep]
     fids = {b: figures_by_name[_beta_name(b)].sample_fid for b in sweep_betas}
     best, good = select_betas(config, fids)
-    betas: dict[str, float | None] = {"ae": None, **_fixed_roles(config), "vae_tuned": best}
-    role_models = {role: by_name["ae" if beta is None else _beta_name(beta)] for role, beta in betas.items()}
-    role_figures = {role: figures_by_name["ae" if beta is None else _beta_name(beta)] for role, beta in betas.items()}
+    betas: dict[str, float | None] = {m.role: best if m.tuned else m.fixed_beta for m in config.models}
+    run_of = {m.role: m.role if m.kind == "ae" else _beta_name(betas[m.role]) for m in config.models}  # type: ignore[arg-type]
+    role_models = {role: by_name[run] for role, run in run_of.items()}
+    role_figures = {role: figures_by_name[run] for role, run in run_of.items()}
     for model in by_name.values():
         model.requires_grad_(False)
+    tuned = config.tuned_model
     return ReferenceSet(
-        params=dict(meta["params"]),
+        params={name: meta["params"][name] for name in config.parameters.roles.training().values()},
         key=key,
         device=meta["device"],
         models=role_models,
@@ -390,6 +420,10 @@ def _assemble(
         mean_image=mean_image,
         mean_image_mse=float(meta["mean_image_mse"]),
         betas=betas,
+        settings=reference_params(config, meta["params"]),
+        train_subset=train_subset_of(config, meta["params"]),
+        builders={kind: config.model_class(kind) for kind in ("ae", "vae")},
+        tuned_role=tuned.role if tuned is not None else None,
         train_seconds=dict(meta.get("train_seconds", {})),
         path=path,
         cache_hit=cache_hit,
@@ -417,14 +451,14 @@ def _train_and_measure(
     classifier: torch.nn.Module,
     data_dir: Path | None,
     log: Log,
-) -> tuple[dict, dict[str, dict[str, torch.Tensor]], dict[str, AutoEncoder]]:
+) -> tuple[dict, dict[str, dict[str, torch.Tensor]], dict[str, nn.Module]]:
     from .data import load_mnist
 
-    settings = reference_params(params)
+    settings = reference_params(config, params)
     train_x, _ = load_mnist(train=True, data_dir=data_dir)
     test_x, _ = load_mnist(train=False, data_dir=data_dir)
-    train_x = training_subset(train_x, params["TRAIN_SUBSET"])
-    runs: list[tuple[str, float | None]] = [("ae", None)] + [(_beta_name(b), b) for b in _all_betas(config)]
+    train_x = training_subset(train_x, train_subset_of(config, params))
+    runs = _runs(config)
     log(
         f"reference: training {len(runs)} models on {len(train_x)} images, {settings.epochs} epochs, "
         f"on {device.type}"
@@ -433,7 +467,7 @@ def _train_and_measure(
     seconds: dict[str, float] = {}
     for name, beta in runs:
         started = time.perf_counter()
-        trained[name] = train_model(train_x, settings, beta, device)
+        trained[name] = train_model(train_x, settings, beta, device, config.model_class(_kind_of(beta)))
         seconds[name] = time.perf_counter() - started
         last = trained[name].history[-1] if trained[name].history else {}
         log(f"reference: {name}: {seconds[name]:.1f} s, last epoch rec {last.get('rec', float('nan')):.2f} "
@@ -448,9 +482,9 @@ def _train_and_measure(
         prior_z=torch.randn(prior_sample_count(config), settings.nz, generator=generator),
         classifier=classifier,
         device=device,
-        confidence=_accept_confidence(config),
+        confidence=config.probe.accept_confidence,
     )
-    figures = {name: _model_figures(t.model, ev) for name, t in trained.items()}
+    figures = {name: _model_figures(t.model, _kind_of(t.beta), ev) for name, t in trained.items()}
     mean_image = train_x.mean(dim=0)
     mean_image_mse = metrics.mse_per_pixel(mean_image.expand_as(test_x), test_x)
     log(f"reference: measured in {time.perf_counter() - started:.1f} s")
@@ -459,15 +493,15 @@ def _train_and_measure(
         "format": REFERENCE_FORMAT,
         "key": _key_of(key_inputs),
         "key_inputs": key_inputs,
-        "params": training_params(params),
+        "params": training_params(config, params),
         "device": device.type,
         "torch": torch.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "betas_fixed": [float(b) for b in config.reference.betas_fixed],
+        "betas_fixed": list(config.fixed_betas().values()),
         "beta_sweep": [float(b) for b in config.reference.beta_sweep],
         "models": {name: {"beta": t.beta} for name, t in trained.items()},
-        "histories": {
-            "ae": trained["ae"].history,
+        "histories": {  # by kind, as the figures draw a notebook's: the (first) autoencoder's, the VAEs' by β
+            "ae": next((t.history for t in trained.values() if t.beta is None), None),
             "vae": {repr(t.beta): t.history for t in trained.values() if t.beta is not None},
         },
         "figures": {name: f.model_dump() for name, f in figures.items()},
@@ -537,18 +571,21 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None or not math.isfinite(value) else format(value, spec)
 
 
+def _param_text(value: ParamValue) -> str:
+    """A training parameter as the table's title shows it (None: every training image)."""
+    if value is None:
+        return "all"
+    return format(value, "g") if isinstance(value, float) else str(value)
+
+
 def format_reference_table(ref: ReferenceSet) -> str:
     """Plain-text table of each reference model's test and sample-quality figures."""
     from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    p = ref.params
-    subset = "all" if p["TRAIN_SUBSET"] is None else p["TRAIN_SUBSET"]
-    title = (
-        f"Reference models: NZ={p['NZ']} EPOCHS={p['EPOCHS']} BATCH_SIZE={p['BATCH_SIZE']} LR={p['LR']:g} "
-        f"SEED={p['SEED']} TRAIN_SUBSET={subset} ({ref.device}, {'cached' if ref.cache_hit else 'trained'})"
-    )
+    shown = " ".join(f"{name}={_param_text(value)}" for name, value in ref.params.items())
+    title = f"Reference models: {shown} ({ref.device}, {'cached' if ref.cache_hit else 'trained'})"
     table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
     for column in ("model", "beta", "MSE/pixel", "KL", "ELBO", "sample conf", "coverage", "FID", "note", "train s"):
         table.add_column(column, justify="left" if column in ("model", "note") else "right")
@@ -567,11 +604,11 @@ def format_reference_table(ref: ReferenceSet) -> str:
             _fmt(ref.train_seconds.get(name), ".1f"),
         )
 
-    row("ae", "ae", None, ref.figures["ae"])
-    for role in FIXED_ROLES:
-        row(role, _beta_name(ref.betas[role]), ref.betas[role], ref.figures[role])
+    for role, beta in ref.betas.items():
+        if role != ref.tuned_role:
+            row(role, role if beta is None else _beta_name(beta), beta, ref.figures[role])
     for beta, figures in ref.sweep_figures.items():
-        note = "best: vae_tuned" if beta == ref.best_beta else ("good" if beta in ref.good_betas else "")
+        note = f"best: {ref.tuned_role}" if beta == ref.best_beta else ("good" if beta in ref.good_betas else "")
         row("sweep", _beta_name(beta), beta, figures, note)
     table.add_row("mean image", "-", _fmt(ref.mean_image_mse, ".4f"), *["-"] * 5, "floor", "")
     console = Console(file=io.StringIO(), width=120, color_system=None, force_terminal=False)

@@ -99,9 +99,6 @@ STATUS_TEXT = {
 STATUS_LABEL = {"graded": "graded", "error": "stopped with an error", "timeout": "timed out",
                 "crashed": "kernel crashed", "invalid": "not gradable"}
 
-# The contract's model roles (grader.config.Contract), as a student reads them.
-ROLE_LABELS = {"ae": "Autoencoder", "vae_beta0": "VAE, β = 0", "vae_beta10": "VAE, β = 10",
-               "vae_tuned": "Tuned VAE"}
 # ModelFigures fields: label and which way is better.
 QUANTITIES = [
     ("mse", "Reconstruction error (MSE per pixel)", "lower is better"),
@@ -121,7 +118,7 @@ FIGURE_KINDS: dict[FigureKind, str] = {   # what each kind of figure shows
                "confidence.",
     "interpolation": "Decoded points on straight lines between two test digits in latent space, your "
                      "model's paths above the reference's.",
-    "training_curves": "As recorded in your ae_history and vae_histories.",
+    "training_curves": "As recorded in your {histories}.",   # the contract's history variables
 }
 
 
@@ -218,7 +215,7 @@ def _is_reduced(value: object, default: object) -> bool:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return False
     if default is None:
-        return True  # a nullable size parameter: None means "all of it" (TRAIN_SUBSET)
+        return True  # a nullable size parameter: None means "all of it" (a training subset)
     return isinstance(default, (int, float)) and value < default
 
 
@@ -268,7 +265,7 @@ def _role_checks(config: AssignmentConfig) -> dict[str, list[str]]:
 def metric_sections(result: SubmissionResult, config: AssignmentConfig) -> list[dict]:
     """Per model: student vs reference for every measured quantity, and the checks it feeds."""
     metrics = result.metrics
-    contract = config.contract.model_names()
+    contract = config.model_names()
     roles = list(contract) + sorted((set(metrics.student) | set(metrics.reference)) - set(contract))
     checks = {c.id: c for c in result.checks}
     role_checks = _role_checks(config)
@@ -287,7 +284,7 @@ def metric_sections(result: SubmissionResult, config: AssignmentConfig) -> list[
             continue
         sections.append({
             "role": role,
-            "label": ROLE_LABELS.get(role, role),
+            "label": config.labels().get(role, role),
             "variable": contract.get(role, role),
             "measured": role in metrics.student,
             "rows": rows,
@@ -308,14 +305,15 @@ SIDES = {"student": "your model", "reference": "reference"}
 
 
 def figure_caption(figure: FigureRef, config: AssignmentConfig) -> str:
-    """samples of vae_tuned, student's side -> 'Samples — Tuned VAE, your model. <what it shows>'."""
-    qualifiers = [ROLE_LABELS.get(figure.role, figure.role)] if figure.role else []
+    """samples of a model, student's side -> 'Samples — <its label>, your model. <what it shows>'."""
+    qualifiers = [config.labels().get(figure.role, figure.role)] if figure.role else []
     if figure.side:
         qualifiers.append(SIDES[figure.side])
     title = figure.kind.replace("_", " ").capitalize()
     if qualifiers:
         title += " — " + ", ".join(qualifiers)
-    return f"{title}. {FIGURE_KINDS[figure.kind]}".strip()
+    shows = FIGURE_KINDS[figure.kind].format(histories=" and ".join(config.contract.histories.values()))
+    return f"{title}. {shows}".strip()
 
 
 def png_data_uri(path: Path) -> str | None:

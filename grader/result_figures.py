@@ -12,13 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from . import figures
-from .probe import ProbeData
+from .probe import ProbeData, history_key
 from .records import FigureKind, FigureRef, FigureSide, SampleCaptions, TrainingHistories
 
 N_RECON = 10   # test images shown reconstructed
 N_SAMPLES = 20  # prior samples shown per model
 N_PATHS = 3    # interpolation paths shown per model
-ROLES = {"ae": "AE", "vae_beta0": "VAE beta=0", "vae_beta10": "VAE beta=10", "vae_tuned": "tuned VAE"}
 
 
 def _images(array: np.ndarray | None, count: int) -> np.ndarray | None:
@@ -33,7 +32,8 @@ def histories_for_figures(values: dict) -> TrainingHistories:
 
 
 def _kernel_histories(values: dict) -> dict:
-    return {"ae": values.get("ae_history"), "vae": values.get("vae_histories") or {}}
+    """The kernel's training records by model kind (an autoencoder's list, the VAEs' dict by β)."""
+    return {"ae": values.get(history_key("ae")), "vae": values.get(history_key("vae")) or {}}
 
 
 def _captions(captions: dict, role: str, samples: np.ndarray, judge) -> tuple[np.ndarray, np.ndarray]:
@@ -57,7 +57,7 @@ def write_figures(out: Path, ctx, student: ProbeData, reference: ProbeData, meas
     captions = {"student": measurement.captions,
                 "reference": ctx.reference_measurement(measurement.best_beta).captions}
     originals = ctx.inputs.test_x[:N_RECON].reshape(-1, 28, 28)
-    for role in ROLES:
+    for role in ctx.config.model_names():
         mine = _images(student.get(f"{role}.recon"), N_RECON)
         theirs = _images(reference.get(f"{role}.recon"), N_RECON)
         keep("reconstructions", role, figures.reconstructions_png(out / f"recon_{role}.png", originals, mine, theirs))
@@ -68,7 +68,8 @@ def write_figures(out: Path, ctx, student: ProbeData, reference: ProbeData, meas
             verdicts = _captions(captions[side], role, samples, ctx.judge)
             keep("samples", role, figures.samples_png(out / f"samples_{role}_{side}.png", samples, *verdicts), side)
     steps = len(ctx.inputs.interp_alpha)
-    for role in ("ae", "vae_tuned"):
+    interpolated = [role for check in ctx.config.checks if check.kind == "interpolation" for role in check.models]
+    for role in dict.fromkeys(interpolated):
         mine = _images(student.get(f"{role}.interp"), N_PATHS * steps)
         theirs = _images(reference.get(f"{role}.interp"), N_PATHS * steps)
         if mine is None and theirs is None:

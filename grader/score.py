@@ -11,11 +11,11 @@ import math
 
 from .config import (
     AssignmentConfig,
-    Beta0Check,
-    Beta10Check,
     BestBetaCheck,
     CheckSpec,
     InterpolationCheck,
+    KLCollapseCheck,
+    KLUnconstrainedCheck,
     KLUnitCheck,
     ReconstructionCheck,
     ReparamUnitCheck,
@@ -34,24 +34,25 @@ def linear_credit(value: float, full_at: float, zero_at: float) -> float:
     return min(1.0, max(0.0, share))
 
 
-def lower_credit(value: float | None, full_at: float, zero_at: float) -> float:
+def lower_credit(value: float | None, full_at: float, zero_at: float, min_band: float) -> float:
     """Credit for a lower-is-better figure. When the reference itself sits beyond the floor (a
-    β so large that the mean image does better), the band keeps a width of 25% past full credit
-    instead of turning upside down."""
+    β so large that the mean image does better), the band keeps its zero end at least min_band x
+    full credit (the config's scoring.min_band_factor) instead of turning upside down."""
     if value is None or not math.isfinite(value):
         return 0.0
     if value <= full_at:
         return 1.0
-    return linear_credit(value, full_at, max(zero_at, full_at * 1.25))
+    return linear_credit(value, full_at, max(zero_at, full_at * min_band))
 
 
-def higher_credit(value: float | None, full_at: float, zero_at: float) -> float:
-    """Credit for a higher-is-better figure; the mirror of lower_credit."""
+def higher_credit(value: float | None, full_at: float, zero_at: float, min_band: float) -> float:
+    """Credit for a higher-is-better figure; the mirror of lower_credit (zero at most at
+    full_at / min_band)."""
     if value is None or not math.isfinite(value):
         return 0.0
     if value >= full_at:
         return 1.0
-    zero_at = min(zero_at, full_at * 0.8)
+    zero_at = min(zero_at, full_at * (1 / min_band))
     return 0.0 if zero_at >= full_at else linear_credit(value, full_at, zero_at)
 
 
@@ -97,8 +98,8 @@ def _not_assessable(check: CheckSpec, m: Measurement, *parts: str) -> CheckResul
     )
 
 
-# Metrics.reference key of the reference's own best-β VAE: the anchor for "β=0 / β=10 behave as
-# those β should", whatever β the student chose ("vae_tuned" is the reference at the student's β).
+# Metrics.reference key of the reference's own best-β VAE: the anchor for "a fixed-β VAE behaves as
+# that β should", whatever β the student chose (the tuned role is the reference at the student's β).
 BEST = "vae_best"
 
 
@@ -111,13 +112,19 @@ def _gate(check: CheckSpec, m: Measurement, *parts: str) -> CheckResult | None:
 
 
 def _figures(m: Measurement, side: str, role: str) -> ModelFigures:
-    figures = getattr(m.metrics, side)
-    if role == BEST and BEST not in figures:  # results written before the anchor existed
-        role = "vae_tuned"
-    return figures.get(role) or ModelFigures()
+    return getattr(m.metrics, side).get(role) or ModelFigures()
 
 
-def score_kl(check: KLUnitCheck, m: Measurement) -> CheckResult:
+def _best(m: Measurement, config: AssignmentConfig) -> ModelFigures:
+    """The reference's VAE at its own best β (results written before that anchor existed hold
+    only the reference at the student's β, under the tuned model's role)."""
+    tuned = config.tuned_model
+    if BEST not in m.metrics.reference and tuned is not None:
+        return _figures(m, "reference", tuned.role)
+    return _figures(m, "reference", BEST)
+
+
+def score_kl(check: KLUnitCheck, m: Measurement, config: AssignmentConfig) -> CheckResult:
     if (early := _unmeasurable(check, m, "kl_divergence")):
         return early
     unit = m.metrics.kl_unit
@@ -135,7 +142,7 @@ def score_kl(check: KLUnitCheck, m: Measurement) -> CheckResult:
     return _result(check, 1.0 if ok else 0.0, message, band=f"full credit at relative error <= {check.rtol:g}")
 
 
-def score_reparam(check: ReparamUnitCheck, m: Measurement) -> CheckResult:
+def score_reparam(check: ReparamUnitCheck, m: Measurement, config: AssignmentConfig) -> CheckResult:
     if (early := _unmeasurable(check, m, "reparameterize")):
         return early
     unit = m.metrics.reparam_unit
@@ -158,71 +165,78 @@ def score_reparam(check: ReparamUnitCheck, m: Measurement) -> CheckResult:
                    band="half for the mean, half for the spread")
 
 
-def score_reconstruction(check: ReconstructionCheck, m: Measurement) -> CheckResult:
+def score_reconstruction(check: ReconstructionCheck, m: Measurement, config: AssignmentConfig) -> CheckResult:
     if (early := _gate(check, m, check.model)):
         return early
+    model = config.model(check.model)
     student = _figures(m, "student", check.model).mse
     reference = _figures(m, "reference", check.model).mse
     floor = m.metrics.mean_image_mse
     full_at = check.slack * reference
-    share = lower_credit(student, full_at, floor)
+    share = lower_credit(student, full_at, floor, config.scoring.min_band_factor)
     band = f"full credit at MSE <= {_fmt(full_at)}, none at >= {_fmt(floor)} (the mean image)"
     message = (
-        f"{check.model} test MSE per pixel {_fmt(student)}; reference"
-        f"{' at the same beta' if check.model == 'vae_tuned' else ''} {_fmt(reference)}; "
+        f"{model.label} test MSE per pixel {_fmt(student)}; reference"
+        f"{' at the same beta' if model.tuned else ''} {_fmt(reference)}; "
         f"predicting the mean image gives {_fmt(floor)}."
     )
     return _result(check, share, message, band)
 
 
-def score_beta0(check: Beta0Check, m: Measurement) -> CheckResult:
+def score_kl_unconstrained(check: KLUnconstrainedCheck, m: Measurement, config: AssignmentConfig) -> CheckResult:
     if (early := _gate(check, m, check.model)):
         return early
+    band_factor = config.scoring.min_band_factor
+    label = config.model(check.model).label
     student = _figures(m, "student", check.model)
-    tuned_kl = _figures(m, "reference", BEST).kl
+    tuned_kl = _best(m, config).kl
     reference = _figures(m, "reference", check.model)
-    kl_share = higher_credit(student.kl, check.kl_factor * tuned_kl, tuned_kl)
-    mse_share = lower_credit(student.mse, check.slack * reference.mse, m.metrics.mean_image_mse)
+    kl_share = higher_credit(student.kl, check.kl_factor * tuned_kl, tuned_kl, band_factor)
+    mse_share = lower_credit(student.mse, check.slack * reference.mse, m.metrics.mean_image_mse, band_factor)
     message = (
-        f"beta=0: KL {_fmt(student.kl)} nats (expected far above the tuned reference's {_fmt(tuned_kl)}, "
-        f"at least {_fmt(check.kl_factor * tuned_kl)}; reference beta=0: {_fmt(reference.kl)}); "
+        f"{label}: KL {_fmt(student.kl)} nats (expected far above the tuned reference's {_fmt(tuned_kl)}, "
+        f"at least {_fmt(check.kl_factor * tuned_kl)}; reference {label}: {_fmt(reference.kl)}); "
         f"MSE {_fmt(student.mse)} (reference {_fmt(reference.mse)})."
     )
     band = "half for an unconstrained KL, half for reconstruction"
     return _result(check, (kl_share + mse_share) / 2, message, band)
 
 
-def score_beta10(check: Beta10Check, m: Measurement) -> CheckResult:
+def score_kl_collapse(check: KLCollapseCheck, m: Measurement, config: AssignmentConfig) -> CheckResult:
     if (early := _gate(check, m, check.model)):
         return early
+    band_factor = config.scoring.min_band_factor
+    label = config.model(check.model).label
     student = _figures(m, "student", check.model)
     reference = _figures(m, "reference", check.model)
-    tuned = _figures(m, "reference", BEST)
+    tuned = _best(m, config)
     # An untrained encoder also has a KL near zero: the collapse counts only where the decoder
     # learned about as much as a collapsed VAE's does, the mean image (or the reference's
-    # β=10 decoder, where that is still short of it).
+    # decoder at this β, where that is still short of it).
     floor = check.decoder_floor * max(m.metrics.mean_image_mse or 0.0, reference.mse or 0.0)
     if student.mse is None or student.mse > floor:
         return _result(check, 0.0, (
-            f"beta=10: MSE {_fmt(student.mse)}, worse than {_fmt(floor)} ({check.decoder_floor:g} x the mean "
-            f"image's {_fmt(m.metrics.mean_image_mse)} or the reference beta=10's {_fmt(reference.mse)}): "
+            f"{label}: MSE {_fmt(student.mse)}, worse than {_fmt(floor)} ({check.decoder_floor:g} x the mean "
+            f"image's {_fmt(m.metrics.mean_image_mse)} or the reference {label}'s {_fmt(reference.mse)}): "
             f"the decoder learned nothing, so its KL of {_fmt(student.kl)} nats shows no collapse to the prior."),
             band=f"none at an MSE above {_fmt(floor)}", reason="gated")
-    kl_share = lower_credit(student.kl, check.kl_max, max(tuned.kl or 0.0, check.kl_band_factor * check.kl_max))
+    kl_share = lower_credit(student.kl, check.kl_max, max(tuned.kl or 0.0, check.kl_band_factor * check.kl_max),
+                            band_factor)
     # Worse reconstruction than a tuned VAE is the expected behaviour, as far as the reference's.
-    worse_share = higher_credit(student.mse, reference.mse / check.slack, tuned.mse)
+    worse_share = higher_credit(student.mse, reference.mse / check.slack, tuned.mse, band_factor)
     message = (
-        f"beta=10: KL {_fmt(student.kl)} nats (expected near zero, <= {check.kl_max:g}; reference "
-        f"{_fmt(reference.kl)}); MSE {_fmt(student.mse)} (reference beta=10 {_fmt(reference.mse)}, "
+        f"{label}: KL {_fmt(student.kl)} nats (expected near zero, <= {check.kl_max:g}; reference "
+        f"{_fmt(reference.kl)}); MSE {_fmt(student.mse)} (reference {label} {_fmt(reference.mse)}, "
         f"tuned {_fmt(tuned.mse)}: the prior should dominate and blur reconstructions)."
     )
     band = "half for a collapsed KL, half for reconstructions as blurred as the reference's"
     return _result(check, (kl_share + worse_share) / 2, message, band)
 
 
-def score_samples(check: SampleQualityCheck, m: Measurement) -> CheckResult:
+def score_samples(check: SampleQualityCheck, m: Measurement, config: AssignmentConfig) -> CheckResult:
     if (early := _gate(check, m, check.model)):
         return early
+    band_factor = config.scoring.min_band_factor
     s, r = _figures(m, "student", check.model), _figures(m, "reference", check.model)
     if s.sample_memorised is not None and s.sample_memorised > check.max_memorised_share:
         return _result(check, 0.0, (
@@ -230,9 +244,11 @@ def score_samples(check: SampleQualityCheck, m: Measurement) -> CheckResult:
             f"(allowed {100 * check.max_memorised_share:.0f}%): a generator that reproduces stored digits "
             f"earns no sample credit, whatever its Fréchet distance ({_fmt(s.sample_fid)})."),
             band="no credit for memorised samples", reason="gated")
-    fid_share = lower_credit(s.sample_fid, check.slack * r.sample_fid, check.fid_floor_factor * r.sample_fid)
-    conf_share = higher_credit(s.sample_confidence, r.sample_confidence / check.slack, 0.1)
-    cov_share = higher_credit(s.sample_coverage, r.sample_coverage - 0.1, 0.0)
+    fid_share = lower_credit(s.sample_fid, check.slack * r.sample_fid, check.fid_floor_factor * r.sample_fid,
+                             band_factor)
+    conf_share = higher_credit(s.sample_confidence, r.sample_confidence / check.slack, check.confidence_floor,
+                               band_factor)
+    cov_share = higher_credit(s.sample_coverage, r.sample_coverage - check.coverage_margin, 0.0, band_factor)
     w = check.weights
     # Fréchet distance and confidence count in proportion to class coverage: a generator of one
     # confidently classified blob (an untrained decoder) is neither diverse nor close to MNIST.
@@ -248,7 +264,7 @@ def score_samples(check: SampleQualityCheck, m: Measurement) -> CheckResult:
     return _result(check, share, message, band)
 
 
-def score_best_beta(check: BestBetaCheck, m: Measurement) -> CheckResult:
+def score_best_beta(check: BestBetaCheck, m: Measurement, config: AssignmentConfig) -> CheckResult:
     good = m.metrics.reference_good_betas
     if not m.assessable or not good:
         return _not_assessable(check, m)
@@ -263,20 +279,22 @@ def score_best_beta(check: BestBetaCheck, m: Measurement) -> CheckResult:
     return _result(check, 1.0 if ok else 0.0, message, band=f"full credit within [{_fmt(low)}, {_fmt(high)}]")
 
 
-def score_interpolation(check: InterpolationCheck, m: Measurement) -> CheckResult:
+def score_interpolation(check: InterpolationCheck, m: Measurement, config: AssignmentConfig) -> CheckResult:
     if (early := _gate(check, m, *check.models)):
         return early
+    band_factor = config.scoring.min_band_factor
     shares, parts = [], []
     for role in check.models:
         s, r = _figures(m, "student", role), _figures(m, "reference", role)
-        accept = higher_credit(s.interp_accept, (r.interp_accept or 0.0) / check.slack, 0.0)
-        smooth = lower_credit(s.interp_smoothness, check.slack * (r.interp_smoothness or 1.0), 1.0)
+        accept = higher_credit(s.interp_accept, (r.interp_accept or 0.0) / check.slack, 0.0, band_factor)
+        # smoothness is the largest step over the path's length: 1 is a path that is one jump
+        smooth = lower_credit(s.interp_smoothness, check.slack * (r.interp_smoothness or 1.0), 1.0, band_factor)
         # A path counts only between recognisable ends: a constant, confidently classified blob
         # would otherwise be "smooth and recognisable".
-        ends = higher_credit(s.interp_endpoints, (r.interp_endpoints or 0.0) / check.slack, 0.0)
+        ends = higher_credit(s.interp_endpoints, (r.interp_endpoints or 0.0) / check.slack, 0.0, band_factor)
         shares.append(ends * (accept + smooth) / 2)
         parts.append(
-            f"{role}: {_fmt(s.interp_endpoints)} of paths start and end on their own digits (reference "
+            f"{config.model(role).label}: {_fmt(s.interp_endpoints)} of paths start and end on their own digits (reference "
             f"{_fmt(r.interp_endpoints)}), {_fmt(s.interp_accept)} of intermediate images recognised (reference "
             f"{_fmt(r.interp_accept)}), smoothness {_fmt(s.interp_smoothness)} (reference "
             f"{_fmt(r.interp_smoothness)}, lower is smoother)"
@@ -290,8 +308,8 @@ SCORERS = {
     "kl_unit": score_kl,
     "reparam_unit": score_reparam,
     "reconstruction": score_reconstruction,
-    "beta0_behaviour": score_beta0,
-    "beta10_behaviour": score_beta10,
+    "kl_unconstrained": score_kl_unconstrained,
+    "kl_collapse": score_kl_collapse,
     "sample_quality": score_samples,
     "best_beta": score_best_beta,
     "interpolation": score_interpolation,
@@ -299,7 +317,7 @@ SCORERS = {
 
 
 def score_checks(config: AssignmentConfig, measurement: Measurement) -> list[CheckResult]:
-    return [SCORERS[check.kind](check, measurement) for check in config.checks]
+    return [SCORERS[check.kind](check, measurement, config) for check in config.checks]
 
 
 def totals(checks: list[CheckResult]) -> tuple[float, float]:

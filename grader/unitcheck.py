@@ -37,15 +37,15 @@ ALLOWED_CALLS = {"torch.device", "float", "int", "str", "tuple", "list", "dict"}
 
 @dataclass
 class UnitInputs:
-    kl_mu: np.ndarray             # [n_kl, NZ]
+    kl_mu: np.ndarray             # [n_kl, latent size]
     kl_log_sigma: np.ndarray
-    reparam_mu: np.ndarray        # [n_reparam, NZ], every row the same
+    reparam_mu: np.ndarray        # [n_reparam, latent size], every row the same
     reparam_log_sigma: np.ndarray
 
 
 def make_unit_inputs(config: AssignmentConfig, params: dict) -> UnitInputs:
     spec = config.probe
-    nz = int(params[config.architecture.latent])
+    nz = config.latent_size(params)
     rng = np.random.default_rng(spec.seed + 1)
     reparam_mu = rng.normal(0.0, 1.0, size=nz).astype(np.float32)
     reparam_log_sigma = rng.uniform(-1.5, 0.5, size=nz).astype(np.float32)

@@ -69,7 +69,7 @@ def match_state(expected: dict[str, torch.Tensor], given: dict[str, np.ndarray])
 
 
 def rebuild_model(config: AssignmentConfig, role: str, nz: int, given: dict[str, np.ndarray]) -> tuple[torch.nn.Module, str]:
-    model = config.architecture.model_class(role)(nz)
+    model = config.model_class(config.model(role).kind)(nz)
     state, note = match_state(model.state_dict(), given)
     model.load_state_dict(state, strict=True)
     return model.eval(), note
@@ -77,9 +77,9 @@ def rebuild_model(config: AssignmentConfig, role: str, nz: int, given: dict[str,
 
 def rebuild_models(config: AssignmentConfig, params: dict, export: KernelExport) -> RebuiltModels:
     """Every model of the contract the export holds weights for; errors name what went wrong."""
-    nz = int(params[config.architecture.latent])
+    nz = config.latent_size(params)
     rebuilt = RebuiltModels()
-    for role, var in config.contract.model_names().items():
+    for role, var in config.model_names().items():
         if role in export.errors:
             rebuilt.errors[role] = export.errors[role]
             continue

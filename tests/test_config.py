@@ -42,7 +42,20 @@ def test_shipped_config_loads_with_the_assignments_questions_and_points():
         ('id = "Q2"', 'id = "Q1"', r"duplicate question id\(s\): Q1"),
         ("match = \"well-tuned VAE\"", "match = \"well-(tuned\"", r"questions\.3\.match.*regular expression"),
         ("EPOCHS = 4\nTRAIN_SUBSET = 16384", "EPOCH = 4\nTRAIN_SUBSET = 16384", r"unknown parameter 'EPOCH'"),
-        ("[contract]\nae = \"ae\"\n", "[contract]\n", r"contract\.ae.*Field required"),
+        ('role = "ae"\nkind = "ae"\nvariable = "ae"\n', 'role = "ae"\nkind = "ae"\n', r"models\.0\.variable.*Field required"),
+        # the models, their roles and the parameters' roles are checked against each other
+        ('role = "vae_beta10"', 'role = "vae_beta0"', r"duplicate role\(s\): vae_beta0"),
+        ('kind = "ae"\nvariable = "ae"', 'kind = "ae"\nbeta = 1.0\nvariable = "ae"', r"an autoencoder has no beta"),
+        ('beta = 10.0', 'beta = "tuned"', r"at most one model has beta = \"tuned\""),
+        ('beta = 0.0', 'beta = -1.0', r"beta must be a finite number >= 0"),
+        ('model = "vae_beta10"\ntitle', 'model = "ae"\ntitle',
+         r"check vae_beta10_behaviour names the role 'ae', a model of kind ae; it measures a vae"),
+        ('model = "vae_tuned"\ntitle = "Tuned VAE sample', 'model = "vae_tunde"\ntitle = "Tuned VAE sample',
+         r"check vae_tuned_samples names the role 'vae_tunde', which is not a model"),
+        ('metrics = ["ae.mse"', 'metrics = ["autoencoder.mse"', r"question Q1: evidence metric 'autoencoder.mse'"),
+        ('latent_size = "NZ"', 'latent_size = "NZZ"', r"roles\.latent_size names 'NZZ', which is not a parameter"),
+        ('[assessable]\nmodel = "ae"', '[assessable]\nmodel = "aa"',
+         r"assessable\.model names the role 'aa', which is not a model"),
     ],
 )
 def test_each_mistake_names_the_file_and_the_field(tmp_path, old, new, expected):
@@ -93,3 +106,47 @@ def test_config_digest_changes_with_content(tmp_path):
     a = load_config(write(tmp_path, SHIPPED))
     b = load_config(write(tmp_path, SHIPPED.replace("points = 3\n", "points = 4\n", 1)))
     assert a.digest != b.digest
+
+
+def test_the_models_roles_betas_and_parameter_roles_are_data():
+    config = load_config()
+    assert config.model_names() == {"ae": "ae", "vae_beta0": "vae_beta0", "vae_beta10": "vae_beta10",
+                                    "vae_tuned": "vae_tuned"}
+    assert [m.kind for m in config.models] == ["ae", "vae", "vae", "vae"]
+    assert config.fixed_betas() == {"vae_beta0": 0.0, "vae_beta10": 10.0}
+    assert config.tuned_model.role == "vae_tuned" and config.tuned_model.label == "Tuned VAE"
+    assert config.labels()["vae_beta0"] == "VAE, β = 0"
+    assert config.parameters.roles.training() == {
+        "latent_size": "NZ", "epochs": "EPOCHS", "batch_size": "BATCH_SIZE", "learning_rate": "LR",
+        "seed": "SEED", "train_subset": "TRAIN_SUBSET"}
+    assert config.parameters.data_dir == "DATA_DIR"
+    assert config.latent_size(config.resolve_parameters({"NZ": 5})) == 5
+    from grader.models import VAE, AutoEncoder
+
+    assert config.model_class("ae") is AutoEncoder and config.model_class("vae") is VAE
+
+
+def test_an_architecture_can_come_from_a_notebook_beside_the_config(tmp_path):
+    """'solution.ipynb:VAE': the class and the definitions it needs, run from the notebook's cells."""
+    import shutil
+
+    import torch
+
+    from grader.config import architecture_source
+
+    shutil.copy(DEFAULT_CONFIG.parent / "solution.ipynb", tmp_path / "solution.ipynb")
+    path = write(tmp_path, SHIPPED.replace('vae = "grader.models:VAE"', 'vae = "solution.ipynb:VAE"'))
+    config = load_config(path)
+    cls = config.model_class("vae")
+    assert cls.__name__ == "VAE" and cls.__module__.startswith("grader_architecture_")
+    from grader.models import VAE
+
+    torch.manual_seed(0)
+    ours = VAE(4).state_dict()
+    torch.manual_seed(0)
+    theirs = cls(4).state_dict()   # the solution's class: the same layers in the same order
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    source = architecture_source(config.architecture.vae, config.base_dir)
+    assert "class VAE(AutoEncoder)" in source and "def _mlp" in source and "train(" not in source
+    with pytest.raises(ConfigError, match="defines no class Nope"):
+        architecture_source("solution.ipynb:Nope", tmp_path)

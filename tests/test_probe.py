@@ -18,7 +18,7 @@ from grader import models
 from grader.config import load_config
 from grader.paths import default_data_dir
 from grader.probe import (
-    VALUES_FILE, WEIGHTS_FILE, export_code, load_export, make_probe_inputs, probe_models, read_npz_bounded,
+    VALUES_FILE, WEIGHTS_FILE, export_code, history_key, load_export, make_probe_inputs, probe_models, read_npz_bounded,
 )
 from grader.unitcheck import definitions, make_unit_inputs, run_unit_checks
 from grader.weights import WeightsMismatch, match_state, rebuild_models
@@ -59,7 +59,7 @@ def test_export_hands_back_weights_and_values_only(tmp_path, monkeypatch):
     assert set(export.weights) == {"ae", "vae_beta0", "vae_beta10", "vae_tuned"}
     np.testing.assert_array_equal(export.weights["ae"]["encoder.1.weight"], ns["ae"].encoder[1].weight.detach().numpy())
     assert export.values["best_beta"] == 2.5
-    assert export.values["ae_history"] == [{"epoch": 1.0, "rec": 30.0, "kl": 0.0}]
+    assert export.values[history_key("ae")] == [{"epoch": 1.0, "rec": 30.0, "kl": 0.0}]   # the contract's ae_history
 
 
 def test_rebuilt_models_behave_like_the_originals_but_are_the_graders(tmp_path, monkeypatch):
@@ -218,5 +218,5 @@ def test_the_export_is_small_source_with_its_bounds_inside():
     code = export_code(CONFIG)
     spec = json.loads(code.split("loads(", 1)[1].rsplit("))", 1)[0].strip("'"))
     assert spec["max_history"] == CONFIG.probe.max_history_epochs
-    assert spec["max_elements"] * 4 * len(CONFIG.contract.model_names()) <= CONFIG.probe.max_export_mb << 20
+    assert spec["max_elements"] * 4 * len(CONFIG.model_names()) <= CONFIG.probe.max_export_mb << 20
     assert "savez" in code and "probe_inputs" not in code   # nothing of the grader's inputs goes in

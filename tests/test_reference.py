@@ -17,7 +17,6 @@ from grader.errors import ConfigError
 from grader.models import VAE, AutoEncoder, TrainSettings, train_model
 from grader.reference import (
     META_FILE,
-    TRAINING_PARAMS,
     WEIGHTS_FILE,
     _CorruptEntry,
     _load_entry,
@@ -40,13 +39,25 @@ def _with_reference(config, **changes):
     return config.model_copy(update={"reference": config.reference.model_copy(update=changes)})
 
 
+def _with_beta(config, role, beta):
+    """The config with one model's fixed β changed."""
+    models = [m.model_copy(update={"beta": beta}) if m.role == role else m for m in config.models]
+    return config.model_copy(update={"models": models})
+
+
+def _training_names(config):
+    """The parameters the config's roles say train the models (NZ, EPOCHS, ... in the shipped one)."""
+    return set(config.parameters.roles.training().values())
+
+
 # --- parameters ---------------------------------------------------------------------------------
 
 
 def test_reference_params_maps_notebook_parameters(config):
     params = config.resolve_parameters({"NZ": 8, "EPOCHS": 3, "BATCH_SIZE": 64, "LR": 0.002, "SEED": 5})
-    assert reference_params(params) == TrainSettings(nz=8, epochs=3, batch_size=64, lr=0.002, seed=5)
-    assert set(training_params(params)) == set(TRAINING_PARAMS)
+    assert reference_params(config, params) == TrainSettings(nz=8, epochs=3, batch_size=64, lr=0.002, seed=5)
+    assert set(training_params(config, params)) == _training_names(config)
+    assert _training_names(config) == {"NZ", "EPOCHS", "BATCH_SIZE", "LR", "SEED", "TRAIN_SUBSET"}
 
 
 @pytest.mark.parametrize(
@@ -56,7 +67,7 @@ def test_reference_params_maps_notebook_parameters(config):
 def test_training_params_rejects_bad_values(config, override, message):
     params = {**config.parameters.defaults(), **override}
     with pytest.raises(ConfigError, match=message):
-        training_params(params)
+        training_params(config, params)
 
 
 def test_training_subset_is_the_first_n_images():
@@ -74,11 +85,11 @@ def test_cache_key_changes_with_each_training_parameter_and_the_betas(config):
     params = config.resolve_parameters()
     base = reference_cache_key(config, params, "cpu")
     assert len(base) == 64 and base == reference_cache_key(config, dict(params), "cpu")
-    assert set(CHANGED) == set(TRAINING_PARAMS)
+    assert set(CHANGED) == _training_names(config)
     keys = {base}
     for name, value in CHANGED.items():
         keys.add(reference_cache_key(config, {**params, name: value}, "cpu"))
-    keys.add(reference_cache_key(_with_reference(config, betas_fixed=[0.0, 9.0]), params, "cpu"))
+    keys.add(reference_cache_key(_with_beta(config, "vae_beta10", 9.0), params, "cpu"))
     keys.add(reference_cache_key(_with_reference(config, beta_sweep=[0.3, 1.0, 2.0, 4.0]), params, "cpu"))
     keys.add(reference_cache_key(config, params, "cuda"))
     keys.add(reference_cache_key(config, params, "cpu", classifier_digest="f" * 64))
@@ -246,7 +257,7 @@ def test_exact_vae_reuses_held_betas_and_trains_others_once(tiny):
         again = ref.exact_vae(2.5, log=messages.append)[1]
         assert len(messages) == 1 and _same_weights(first, again)  # loaded, not retrained
         direct = train_model(training_subset(load_mnist(train=True)[0], params["TRAIN_SUBSET"]),
-                             reference_params(params), 2.5, "cpu").model
+                             reference_params(tiny[0], params), 2.5, "cpu", VAE).model
         assert _same_weights(first, direct)
         stored = ref.path / "extra" / "beta=2.5.pt"
         stored.write_bytes(b"damaged")

@@ -28,12 +28,17 @@ def test_linear_credit_in_both_directions():
 
 
 def test_bands_never_turn_upside_down():
+    band = CONFIG.scoring.min_band_factor
+    assert band == 1.25   # the shipped rubric's, which the numbers below follow
     # reference 0.08 beyond the floor 0.067: full credit up to 0.08, zero at 0.1
-    assert lower_credit(0.075, full_at=0.08, zero_at=0.067) == 1.0
-    assert lower_credit(0.09, full_at=0.08, zero_at=0.067) == pytest.approx(0.5)
-    assert higher_credit(0.9, full_at=1.0, zero_at=1.2) == pytest.approx(0.5)
-    assert higher_credit(0.0, full_at=0.0, zero_at=0.0) == 1.0
-    assert lower_credit(None, 1, 2) == 0.0
+    assert lower_credit(0.075, full_at=0.08, zero_at=0.067, min_band=band) == 1.0
+    assert lower_credit(0.09, full_at=0.08, zero_at=0.067, min_band=band) == pytest.approx(0.5)
+    assert higher_credit(0.9, full_at=1.0, zero_at=1.2, min_band=band) == pytest.approx(0.5)
+    assert higher_credit(0.0, full_at=0.0, zero_at=0.0, min_band=band) == 1.0
+    assert lower_credit(None, 1, 2, min_band=band) == 0.0
+    # the factor is the config's: a wider one moves the zero end
+    assert lower_credit(0.09, full_at=0.08, zero_at=0.067, min_band=1.5) == pytest.approx(0.75)
+    assert higher_credit(0.9, full_at=1.0, zero_at=1.2, min_band=2.0) == pytest.approx(0.8)
 
 
 # --- a builder of the measure stage's real output ------------------------------------------------

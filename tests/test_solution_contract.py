@@ -84,7 +84,8 @@ KERNEL_PROBE = textwrap.dedent(
         ("ae", ae, ae_history, None),
         ("vae_tuned", vae_tuned, vae_histories[best_beta], best_beta),
     ):
-        _trained = _ref.train_model(train_images, _settings, beta=_beta)
+        _trained = _ref.train_model(train_images, _settings, beta=_beta, device="cpu",
+                                    build=_ref.AutoEncoder if _beta is None else _ref.VAE)
         _facts["training"][_label] = {
             "history": _history,
             "reference_history": _trained.history,

@@ -34,7 +34,6 @@ from ..inject import INJECTED_TAG
 from ..records import ModelFigures, SubmissionResult
 from ..report import (
     QUANTITIES,
-    ROLE_LABELS,
     figure_caption,
     fmt_number,
     png_data_uri,
@@ -78,7 +77,7 @@ class FigureEvidence(Frozen):
 
 
 class MetricEvidence(Frozen):
-    key: str                        # "vae_beta0.kl", as in the config
+    key: str                        # "<role>.<figure>", as in the config
     role: str
     field: str
     label: str                      # "KL divergence (nats per image) — VAE, β = 0"
@@ -133,7 +132,7 @@ def question_evidence(
     cells, unmatched = _cells(question.evidence.cells, saved, rerun, result)
     return QuestionEvidence(
         folder=folder, question=question.id, figures=figures, missing_figures=missing,
-        metrics=_metrics(result, question), cells=cells, unmatched_cells=unmatched,
+        metrics=_metrics(result, question, config), cells=cells, unmatched_cells=unmatched,
         saved_kept=saved is not None, out_of_order=disorder is not None, notes=notes,
     )
 
@@ -155,8 +154,9 @@ def _figures(submission_dir: Path, result: SubmissionResult, question: Question,
     return found, missing
 
 
-def _metrics(result: SubmissionResult, question: Question) -> list[MetricEvidence]:
+def _metrics(result: SubmissionResult, question: Question, config: AssignmentConfig) -> list[MetricEvidence]:
     labels = {name: (label, hint) for name, label, hint in QUANTITIES}
+    models = config.labels()
     rows = []
     for key in question.evidence.metrics:
         role, _, name = key.partition(".")
@@ -164,7 +164,7 @@ def _metrics(result: SubmissionResult, question: Question) -> list[MetricEvidenc
         student = getattr(result.metrics.student.get(role) or ModelFigures(), name, None)
         reference = getattr(result.metrics.reference.get(role) or ModelFigures(), name, None)
         rows.append(MetricEvidence(
-            key=key, role=role, field=name, label=f"{label} — {ROLE_LABELS.get(role, role)}", hint=hint,
+            key=key, role=role, field=name, label=f"{label} — {models.get(role, role)}", hint=hint,
             student=fmt_number(student), reference=fmt_number(reference),
             student_value=student, reference_value=reference,
         ))
