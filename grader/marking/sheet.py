@@ -4,17 +4,22 @@
     # ... mark in Excel / LibreOffice / Google Sheets: an `x` under an item applies it ...
     grader marks import OUT q2.csv [--marker NAME]
 
-The sheet's columns, one row per submission:
+The sheet's columns, one row per submission; for each, what export writes and what import does with it:
 
-| column | on export | on import |
-|---|---|---|
-| `submission`, `question` | the answer's submission and question id | must name a known answer |
-| `answer`, `words`, `limit`, `flags` | the student's text, its word count and limit; `missing`, `empty`, `over_limit`, `stale` (the answer changed since it was marked) | not read (an edited answer is counted in the report, never stored) |
-| `[ID] ±P text`, one per rubric item | `x` where the item is applied | `x` (any case) applies the item, empty removes it; the item is found by the `[ID]` alone, so a changed text or points do not matter |
-| `adjustment` | the free points on top of the items (empty while unmarked) | a number within ±the question's points; `1,5` is read as 1.5 |
-| `comment` | staff's comment | stored as written |
-| `points`, `max_points` | the answer's points, derived | not read: points always come from the items and the adjustment (rows whose `points` were edited are counted in the report) |
-| `marked_by`, `marked_at`, `version` | who marked it last, when, and the mark's version | `version` guards against overwriting: a row that changes a mark which someone else changed since the export is refused (export again) |
+- `submission`, `question`: the answer's submission and question id. Import: must name a known answer.
+- `answer`, `words`, `limit`, `flags`: the student's text, its word count and limit; `missing`, `empty`,
+  `over_limit`, `stale` (the answer changed since it was marked). Import: not read (an edited answer is
+  counted in the report, never stored).
+- `[ID] ±P text`, one per rubric item: `x` where the item is applied. Import: `x` (any case) applies the
+  item, empty removes it; the item is found by the `[ID]` alone, so a changed text or points do not matter.
+- `adjustment`: the free points on top of the items (empty while unmarked). Import: a number within ±the
+  question's points; `1,5` is read as 1.5.
+- `comment`: staff's comment. Import: stored as written.
+- `points`, `max_points`: the answer's points, derived. Import: not read: points always come from the items
+  and the adjustment (rows whose `points` were edited are counted in the report).
+- `marked_by`, `marked_at`, `version`: who marked it last, when, and the mark's version. Import: `version`
+  guards against overwriting: a row that changes a mark which someone else changed since the export is
+  refused (export again).
 
 Import rules. Every row is validated before anything is written; any bad row (unknown submission or
 question, an adjustment out of range or not a number, a cell under an item that is neither `x` nor
@@ -309,6 +314,12 @@ class RowValidator:
         self.marks: dict[str, Mark] = {}
         self.seen: dict[str, int] = {}
 
+    @property
+    def sheet_question(self) -> Question:
+        """The question bind_question found; every check after it runs on a row that bound it."""
+        assert self.question is not None, "no row has named the sheet's question yet"
+        return self.question
+
     def problem(self, row: SheetRow, text: str) -> None:
         self.problems.append(f"row {row.number}: {text}")
 
@@ -340,10 +351,10 @@ class RowValidator:
         return True
 
     def check_item_columns(self) -> None:
-        rubric = {item.id: item for item in self.store.rubric(self.question.id)}
+        rubric = {item.id: item for item in self.store.rubric(self.sheet_question.id)}
         for item_id, header in self.sheet.item_columns.items():
             if item_id not in rubric:
-                self.problems.insert(0, f"row 1: column {header!r}: {self.question.id}'s rubric has no item "
+                self.problems.insert(0, f"row 1: column {header!r}: {self.sheet_question.id}'s rubric has no item "
                                         f"[{item_id}] (deleted since the export, or from another question's sheet?)")
 
     def validate_row(self, row: SheetRow) -> RowPlan | None:
@@ -354,7 +365,7 @@ class RowValidator:
             return None
         submission = unguard_cell(row.cells[SUBMISSION].strip())
         if submission not in self.answers:
-            self.problem(row, f"unknown submission {submission!r} for {self.question.id}")
+            self.problem(row, f"unknown submission {submission!r} for {self.sheet_question.id}")
             return None
         if submission in self.seen:
             self.problem(row, f"submission {submission!r} is also in row {self.seen[submission]}")
@@ -397,11 +408,11 @@ class RowValidator:
         if not text:
             return None
         value = parse_number(text)
-        limit = self.question.points
+        limit = self.sheet_question.points
         if value is None:
             self.problem(row, f"adjustment {text!r} is not a number")
         elif abs(value) > limit:
-            self.problem(row, f"adjustment {text} is out of range (within ±{format_number(limit)} for {self.question.id})")
+            self.problem(row, f"adjustment {text} is out of range (within ±{format_number(limit)} for {self.sheet_question.id})")
         return value
 
     def row_version(self, row: SheetRow) -> int | None:
@@ -429,7 +440,7 @@ class RowValidator:
         value = parse_number(text)
         if change.clear or value is None:
             return True
-        return not math.isclose(value, derived_points(self.store, self.question, change), abs_tol=1e-6)
+        return not math.isclose(value, derived_points(self.store, self.sheet_question, change), abs_tol=1e-6)
 
     def check_conflict(self, row: SheetRow, plan: RowPlan) -> None:
         base = plan.change.base_version
