@@ -14,16 +14,17 @@ The roster: a CSV file (UTF-8, `,` or `;`, a header row; column names in any cas
 student. `submission` is required: the notebook's file name (`alice_hw3.ipynb`) or its stem
 (`alice_hw3`), as it was in the folder given to `grader grade`. The other columns, by format:
 
-| format | columns used | needs |
-|---|---|---|
-| `csv` | every id column the roster fills (optional) | nothing: a roster is optional |
-| `canvas` | `name` → Student, `canvas_id` → ID, `sis_id` → SIS User ID, `sis_login` → SIS Login ID, `section` → Section | one of `canvas_id`, `sis_id`, `sis_login` (Canvas matches students by those), filled in every row |
-| `moodle` | `idnumber` → "ID number", `email` → "Email address", `name` → "Full name" | one of `idnumber`, `email`, filled in every row |
+- `csv` uses every id column the roster fills (optional); needs nothing: a roster is optional.
+- `canvas` uses `name` → Student, `canvas_id` → ID, `sis_id` → SIS User ID, `sis_login` → SIS Login ID,
+  `section` → Section; needs one of `canvas_id`, `sis_id`, `sis_login` (Canvas matches students by
+  those), filled in every row.
+- `moodle` uses `idnumber` → "ID number", `email` → "Email address", `name` → "Full name"; needs one of
+  `idnumber`, `email`, filled in every row.
 
 Formats:
 
-- `csv`: submission, (with a roster: its id columns, e.g. student_id, name, email), grader status, auto points, one column per
-  question (empty while unmarked), written points, total, max, marking (`complete`, `unmarked: Q2 Q4`,
+- `csv`: submission, (with a roster: its id columns, e.g. student_id, name, email), grader status,
+  auto points, one column per question (empty while unmarked), written points, total, max, marking (`complete`, `unmarked: Q2 Q4`,
   `stale: Q3` where an answer changed after it was marked, `no submission`). Every submission,
   and with a roster also its students who have no submission.
 - `canvas`: Canvas's gradebook import CSV: `Student,ID,SIS User ID,SIS Login ID,Section,<assignment>`
@@ -107,7 +108,9 @@ def read_roster(path: Path, fmt: str) -> list[Student]:
     if need and not any(column in header for column in need):
         raise ExportError(f"{path}: the {fmt} format needs a roster column {' or '.join(need)} "
                           f"(the roster has: {', '.join(h for h in header if h)})")
-    students, problems, seen = [], [], {}
+    students: list[Student] = []
+    problems: list[str] = []
+    seen: dict[str, int] = {}
     for number, record in enumerate(records[1:], start=2):
         if not any(cell.strip() for cell in record):
             continue
@@ -130,7 +133,8 @@ def read_roster(path: Path, fmt: str) -> list[Student]:
             problems.append(f"{column} is empty in row(s) {', '.join(rows[:20])}")
         problems.insert(0, "Moodle identifies every student by ONE column, and none is filled in every row:")
     if problems:
-        shown = "\n".join(f"  {p}" for p in problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        shown = "\n".join(f"  {p}" for p in problems[:20]) + more
         raise ExportError(f"{path}: the roster cannot be used ({len(problems)} problem(s)):\n{shown}")
     return students
 
@@ -171,7 +175,7 @@ def csv_rows(config: AssignmentConfig, grades: list[FinalGrade], matching: Match
     rows = [header]
     for student, grade in ordered:
         ids = [guard_cell(student.ids.get(c, "")) if student else "" for c in id_columns]
-        marks = [format_number(grade.written[q].points) if grade.written.get(q) else "" for q in questions]
+        marks = [format_number(mark.points) if (mark := grade.written.get(q)) else "" for q in questions]
         rows.append([guard_cell(grade.submission), *ids, grade.status, format_number(grade.auto_points), *marks,
                      format_number(grade.written_points), format_number(grade.total),
                      format_number(grade.total_max), grade.marking_status])
@@ -269,18 +273,23 @@ def export_grades(
     id_columns = roster_columns(students) if students is not None else []
     if fmt == "csv":
         rows = csv_rows(config, grades, matching, id_columns)
-    elif fmt == "canvas":
-        rows = canvas_rows(config, grades, matching)
     else:
-        rows = moodle_rows(config, grades, matching, id_columns)
+        assert matching is not None, "the canvas and moodle formats have a roster (checked above)"
+        if fmt == "canvas":
+            rows = canvas_rows(config, grades, matching)
+        else:
+            rows = moodle_rows(config, grades, matching, id_columns)
     output = Path(output) if output is not None else default_output(out_dir, fmt)
     atomic.write_text(output, to_csv(rows))
     notes = notes_lines(fmt, grades, matching, problems)
     if fmt == "moodle":
+        assert students is not None, "the moodle format has a roster (checked above)"
         key = moodle_key(students)
+        assert key is not None, "read_roster refuses a Moodle roster with no identifier filled in every row"
+        max_points = format_number(config.max_auto_points + config.max_answer_points)
         notes.insert(0, f"in Moodle's import, map from {MOODLE_COLUMNS[key]!r} to "
                         f"{'useridnumber' if key == 'idnumber' else 'useremail'}, and {config.assignment.name!r} "
-                        f"to the grade item (maximum at least {format_number(config.max_auto_points + config.max_answer_points)})")
+                        f"to the grade item (maximum at least {max_points})")
     atomic.write_text(notes_path(output), "\n".join([f"grader export --format {fmt}: {len(rows) - 1 - (fmt == 'canvas')} "
                                                       f"row(s) in {output.name}"] + notes) + "\n")
     for line in notes:
