@@ -371,8 +371,8 @@ def create_app(
     return app
 
 
-def _error(exc: Exception, status: int = 400) -> JSONResponse:
-    return JSONResponse({"error": str(exc)}, status_code=status)
+def _error(problem: Exception | str, status: int = 400) -> JSONResponse:
+    return JSONResponse({"error": str(problem)}, status_code=status)
 
 
 def _routes(app: FastAPI, marking: MarkingApp) -> None:

@@ -300,8 +300,10 @@ class MarkStore:
                                   "WHERE question = ? AND deleted = 0", (question_id,)).fetchone()[0]
             cursor = db.execute("INSERT INTO rubric_items (question, position, text, points) VALUES (?, ?, ?, ?)",
                                 (question_id, position, text, points))
-            self._log(db, "item_added", question_id, None, item=cursor.lastrowid, text=text, points=points)
-            return RubricItem(id=cursor.lastrowid, question=question_id, position=position, text=text, points=points)
+            item_id = cursor.lastrowid
+            assert item_id is not None, "an INSERT sets the new row's id"
+            self._log(db, "item_added", question_id, None, item=item_id, text=text, points=points)
+            return RubricItem(id=item_id, question=question_id, position=position, text=text, points=points)
 
     def _item(self, db: sqlite3.Connection, item_id: int) -> sqlite3.Row:
         row = db.execute("SELECT * FROM rubric_items WHERE id = ? AND deleted = 0", (item_id,)).fetchone()
