@@ -227,7 +227,8 @@ def interpolation_png(
 
 def _series(history: object, key: str) -> tuple[list[float], list[float]]:
     """(epochs, values) of one key from a list of per-epoch dicts, skipping malformed entries."""
-    epochs, values = [], []
+    epochs: list[float] = []
+    values: list[float] = []
     if not isinstance(history, Sequence) or isinstance(history, (str, bytes)):
         return epochs, values
     for position, entry in enumerate(history):
@@ -241,7 +242,7 @@ def _series(history: object, key: str) -> tuple[list[float], list[float]]:
     return epochs, values
 
 
-def _beta_label(beta: object) -> str:
+def _beta_label(beta: str | float) -> str:
     try:
         return f"VAE β={float(beta):g}"
     except (TypeError, ValueError):
@@ -260,7 +261,7 @@ def training_curves_png(path: Path | str, histories: Mapping) -> Path | None:
         lines.append(("AE", histories["ae"]))
     vae = histories.get("vae") or {}
     if isinstance(vae, Mapping):
-        def beta_order(key: object) -> tuple[int, float | str]:
+        def beta_order(key: str | float) -> tuple[int, float | str]:
             try:
                 return (0, float(key))
             except (TypeError, ValueError):
@@ -305,7 +306,7 @@ def score_histogram_png(path: Path | str, scores: Sequence[float], max_score: fl
     bins = np.linspace(0.0, top, min(20, max(int(math.ceil(top)), 5)) + 1)
     fig = _new_figure(6.0, 2.4)
     ax = fig.subplots()
-    ax.hist(values, bins=bins, color="#4c72b0", edgecolor="white")
+    ax.hist(values, bins=bins.tolist(), color="#4c72b0", edgecolor="white")
     ax.set_xlim(0.0, top)
     ax.set_xlabel(f"automatic points (of {max_score:g})")
     ax.set_ylabel("submissions")
