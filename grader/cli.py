@@ -67,15 +67,13 @@ def classifier_train(
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Train the sample-judging CNN deterministically; prints its test accuracy and SHA-256."""
-    from .classifier import file_sha256, train_classifier
+    from .classifier import DEFAULT_EPOCHS, file_sha256, train_classifier
     from .config import load_config
 
     cfg = load_config(config)
     target = out or cfg.path(cfg.classifier.weights)
-    kwargs = {"seed": cfg.classifier.seed if seed is None else seed, "log": _log}
-    if epochs is not None:
-        kwargs["epochs"] = epochs
-    accuracy = train_classifier(target, **kwargs)
+    accuracy = train_classifier(target, seed=cfg.classifier.seed if seed is None else seed,
+                                epochs=DEFAULT_EPOCHS if epochs is None else epochs, log=_log)
     typer.echo(f"weights {target}\nsha256 {file_sha256(target)}\naccuracy {accuracy:.4f}")
 
 

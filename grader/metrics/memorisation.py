@@ -56,8 +56,8 @@ class ImageBank:
 
     pooled: torch.Tensor      # [M, 196]
     norms: torch.Tensor       # [M]
-    coarse: torch.Tensor | None = None         # [M, 49]
-    coarse_norms: torch.Tensor | None = None   # [M]
+    coarse: torch.Tensor         # [M, 49]
+    coarse_norms: torch.Tensor   # [M]
 
     @classmethod
     def of(cls, images) -> ImageBank:
