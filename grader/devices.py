@@ -245,7 +245,7 @@ def discover_gpus(run: Runner = run_nvidia_smi, proc_dir: Path = PROC_DIR,
             inventory.notes.append(f"GPU {gpu.index} ({gpu.name}) is in MIG mode without MIG devices: not used")
         for number, profile, uuid in slices:
             gi, ci, memory = migs.get((gpu.index, number), (None, None, 0))
-            caps = mig_cap_minors(proc_dir, minor, gi, ci) if gi is not None else ()
+            caps = mig_cap_minors(proc_dir, minor, gi, ci) if gi is not None and ci is not None else ()
             inventory.devices.append(GpuDevice(index=gpu.index, uuid=uuid, name=profile,
                                                memory_mb=memory or gpu.memory_mb // len(slices),
                                                minor=minor, mig_device=number, cap_minors=caps))

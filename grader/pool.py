@@ -95,6 +95,8 @@ class _Worker:
         self.conn, child = _SPAWN.Pipe()
         self.process = _SPAWN.Process(target=_serve, args=(child, threads, warm), name="grader-worker")
         self.process.start()
+        assert self.process.pid is not None, "a started process has a pid"
+        self.pid: int = self.process.pid
         child.close()
         self.job: Any = None   # the key of the job it holds, None while idle
 
@@ -121,7 +123,7 @@ class WorkerPool:
 
     @property
     def pids(self) -> list[int]:
-        return [w.process.pid for w in self._workers]
+        return [w.pid for w in self._workers]
 
     def grow(self, size: int) -> None:
         """At least `size` workers (the ones there keep what they loaded)."""
@@ -169,7 +171,7 @@ class WorkerPool:
         if worker.process.is_alive():
             return  # a spurious wake-up
         worker.process.join()
-        died = WorkerDied(worker.process.pid, worker.process.exitcode)
+        died = WorkerDied(worker.pid, worker.process.exitcode)
         worker.conn.close()
         self._workers[self._workers.index(worker)] = _Worker(worker.index, self.threads, self.warm)
         yield key, died

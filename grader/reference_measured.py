@@ -39,7 +39,7 @@ def _write(path: Path, measured: ReferenceMeasurement) -> None:
         arrays[f"labels/{role}"] = captions.labels
         arrays[f"confidences/{role}"] = captions.confidences
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy's stub: a **dict might name allow_pickle; these are array names
     atomic.write_bytes(path, buffer.getvalue())
 
 
