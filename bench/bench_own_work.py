@@ -298,7 +298,8 @@ def main() -> None:
         own = total[1] - median(1, unit) + median(0, unit)
         print(f"\nthe unit checker runs in a new pid namespace, so its CPU time is not counted above: its wall"
               f" time stands for it. In-process CPU {total[1] - median(1, unit):.2f} s + unit checks"
-              f" {median(0, unit):.2f} s = {own:.2f} s; goal <= {GOAL_SECONDS:g} s: {'met' if own <= GOAL_SECONDS else 'NOT met'}")
+              f" {median(0, unit):.2f} s = {own:.2f} s; goal <= {GOAL_SECONDS:g} s:"
+              f" {'met' if own <= GOAL_SECONDS else 'NOT met'}")
         figures = sorted(folder.glob("*.png"))
         print(f"figures: {len(figures)} PNGs, {sum(p.stat().st_size for p in figures) / 1024:.0f} KiB; "
               f"report.pdf {(folder / 'report.pdf').stat().st_size / 1024:.0f} KiB")

@@ -9,6 +9,7 @@ PDF (WeasyPrint layout), one maths formula, and the summary for the whole set.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import sys
 import tempfile
@@ -61,8 +62,8 @@ def main() -> None:
         print(f"maths: {per_formula * 1000:.1f} ms per formula (ziamath, uncached)")
         for result, folder in records:
             html = build_report_html(result, folder, config)
-            t_html = timed(lambda: build_report_html(result, folder, config))
-            t_pdf = timed(lambda: html_to_pdf(html, tmp / f"{result.submission}.pdf"))
+            t_html = timed(functools.partial(build_report_html, result, folder, config))
+            t_pdf = timed(functools.partial(html_to_pdf, html, tmp / f"{result.submission}.pdf"))
             print(f"report {result.submission} ({result.status}): html {t_html:.3f} s + pdf {t_pdf:.3f} s "
                   f"= {t_html + t_pdf:.2f} s")
         # The summary over a class-sized set: the records repeated under new names.

@@ -52,7 +52,8 @@ def main() -> int:
             same = (name in remote and all(remote[name][k] == local[name][k] for k in COMPARED)
                     and files(Path(tmp) / "remote" / name) == files(Path(tmp) / "local" / name))
             differ += not same
-            print(f"{name:24s} local {local[name]['score']:6.2f}  cluster {remote.get(name, {}).get('score', float('nan')):6.2f}  "
+            remote_score = remote.get(name, {}).get("score", float("nan"))
+            print(f"{name:24s} local {local[name]['score']:6.2f}  cluster {remote_score:6.2f}  "
                   f"{'identical' if same else 'DIFFERS'}")
         gradebooks = [(Path(tmp) / side / "gradebook.csv").read_text() for side in ("remote", "local")]
         print(f"gradebook.csv {'identical' if gradebooks[0] == gradebooks[1] else 'DIFFERS'}")

@@ -256,7 +256,8 @@ def test_an_item_applied_to_a_whole_group(out):
 @pytest.mark.slow
 def test_a_question_page_of_500_submissions_opens_within_200_ms(tmp_path):
     out = tmp_path / "out"
-    words = ["the", "samples", "are", "blurry", "because", "codes", "do", "not", "follow", "the", "prior", "kl", "term", "smooth", "latent"]
+    words = ["the", "samples", "are", "blurry", "because", "codes", "do", "not", "follow", "the", "prior", "kl", "term",
+             "smooth", "latent"]
     for i in range(500):
         text = " ".join(words[(i + j) % len(words)] for j in range(40 + i % 60))
         write_result(out, f"s{i:04d}", text)

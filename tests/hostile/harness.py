@@ -121,7 +121,7 @@ def messages(result: dict) -> list[str]:
     """Every message result.json shows a student: errors, cell errors and hints, check messages,
     answer notes, and any other top-level list of strings (hints, warnings)."""
     texts: list[str] = []
-    for key, value in result.items():
+    for value in result.values():
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             texts += value
     for cell in result.get("cells", []):

@@ -773,7 +773,8 @@ CASES: list[Case] = [
          untrained_plus(FORK_BOMB), "error",
          r"(?i)(resource temporarily unavailable|process limit|too many processes|fork bomb stopped)"),
     Case("thread_bomb", "processes", "starts threads until none can start",
-         untrained_plus(THREAD_BOMB), "error", r"(?i)(can't start new thread|thread limit|too many threads|resource temporarily unavailable)"),
+         untrained_plus(THREAD_BOMB), "error",
+         r"(?i)(can't start new thread|thread limit|too many threads|resource temporarily unavailable)"),
     Case("double_fork_daemon", "processes", "a daemon (double fork, setsid, exec sh) that outlives its notebook",
          untrained_plus(DAEMON), "graded", UNTRAINED),
     Case("os_exit", "processes", "os._exit(3)", untrained_plus("import os\nos._exit(3)"), "crashed",
@@ -839,7 +840,8 @@ def _kl_sign_nb() -> dict:
     good = "return 0.5 * (mu**2 + torch.exp(2 * log_sigma) - 1 - 2 * log_sigma).sum(dim=1)"
     if good not in _src(cell):
         raise ValueError("the sample's KL line changed")
-    cell["source"] = _src(cell).replace(good, "return 0.5 * torch.sum(1 + 2 * log_sigma - mu**2 - torch.exp(2 * log_sigma), dim=1)")
+    cell["source"] = _src(cell).replace(
+        good, "return 0.5 * torch.sum(1 + 2 * log_sigma - mu**2 - torch.exp(2 * log_sigma), dim=1)")
     return nb
 
 
