@@ -8,7 +8,6 @@ import json
 import os
 import zipfile
 
-import nbformat
 import numpy as np
 import pytest
 import torch
@@ -18,7 +17,14 @@ from grader import models
 from grader.config import load_config
 from grader.paths import default_data_dir
 from grader.probe import (
-    VALUES_FILE, WEIGHTS_FILE, export_code, history_key, load_export, make_probe_inputs, probe_models, read_npz_bounded,
+    VALUES_FILE,
+    WEIGHTS_FILE,
+    export_code,
+    history_key,
+    load_export,
+    make_probe_inputs,
+    probe_models,
+    read_npz_bounded,
 )
 from grader.unitcheck import definitions, make_unit_inputs, run_unit_checks
 from grader.weights import WeightsMismatch, match_state, rebuild_models
@@ -70,7 +76,8 @@ def test_rebuilt_models_behave_like_the_originals_but_are_the_graders(tmp_path, 
     x = torch.rand(5, 1, 28, 28)
     for role in ("ae", "vae_tuned"):
         assert type(rebuilt.models[role]) is type(ns[role]) and rebuilt.models[role] is not ns[role]
-        torch.testing.assert_close(rebuilt.models[role](x) if role == "ae" else rebuilt.models[role].decode(ns[role].encode(x)[0]),
+        model = rebuilt.models[role]
+        torch.testing.assert_close(model(x) if role == "ae" else model.decode(ns[role].encode(x)[0]),
                                    ns[role](x) if role == "ae" else ns[role].decode(ns[role].encode(x)[0]))
 
 
