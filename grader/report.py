@@ -19,16 +19,15 @@ Marks are shown without their times (who marked, not when), so the same marks gi
 from __future__ import annotations
 
 import base64
+import csv
+import hashlib
+import io
 import math
 import re
 import statistics
 from datetime import datetime
 from pathlib import Path
 from typing import Iterable
-
-import csv
-import hashlib
-import io
 
 import jinja2
 from markupsafe import Markup
@@ -41,7 +40,6 @@ from .errors import GraderError
 from .figures import score_histogram_png
 from .mathtext import markdown_to_html
 from .paths import TEMPLATES_DIR
-from .text import format_decimal, strip_ansi
 from .records import (
     AppliedCount,
     CellRun,
@@ -65,6 +63,7 @@ from .records import (
     SubmissionRow,
     WrittenPoints,
 )
+from .text import format_decimal, strip_ansi
 
 REPORT_TEMPLATE = "report.html.j2"
 SUMMARY_TEMPLATE = "summary.html.j2"
@@ -699,7 +698,7 @@ def marking_summary(results: list[SubmissionResult], config: AssignmentConfig, m
     finals = [marking.finals[r.submission] for r in results if r.submission in marking.finals]
     questions = []
     for question in config.questions:
-        marks = [f.written[question.id] for f in finals if f.written.get(question.id) is not None]
+        marks = [mark for f in finals if (mark := f.written.get(question.id)) is not None]
         counts: dict[int, int] = {}
         for mark in marks:
             for item in mark.items:
@@ -753,13 +752,13 @@ def build_summary(
     questions = []
     for question in config.questions:
         answers = [a for r in results for a in r.answers if a.id == question.id]
-        found = [a for a in answers if a.found]
+        answered = [a for a in answers if a.found]
         questions.append(QuestionSummary(
             id=question.id,
             part=question.part,
-            found=len(found),
-            missing=len(results) - len(found),
-            over_limit=sum(1 for a in found if a.over_limit),
+            found=len(answered),
+            missing=len(results) - len(answered),
+            over_limit=sum(1 for a in answered if a.over_limit),
         ))
 
     size = _size_parameters(config)
