@@ -84,7 +84,7 @@ def _statements_assigning(body: list[ast.stmt]):
             yield from _statements_assigning(node.orelse)
         elif isinstance(node, (ast.With, ast.AsyncWith)):
             yield from _statements_assigning(node.body)
-        elif isinstance(node, (ast.Try, getattr(ast, "TryStar", ast.Try))):
+        elif isinstance(node, (ast.Try, ast.TryStar)):
             for block in (node.body, *(h.body for h in node.handlers), node.orelse, node.finalbody):
                 yield from _statements_assigning(block)
 

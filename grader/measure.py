@@ -2,8 +2,9 @@
 
 Everything here runs in the grader's process on outputs of models the grader built and ran
 itself (probe.probe_models; the student's from their weights) and on the unit checker's arrays;
-the classifier judges samples and interpolations, an image bank spots memorised samples. A part the probe could not produce is reported in
-`StudentMeasurement.missing` (grader/records.py) with the reason, and costs only the checks that depend on it.
+the classifier judges samples and interpolations, an image bank spots memorised samples. A part the
+probe could not produce is reported in `StudentMeasurement.missing` (grader/records.py) with the
+reason, and costs only the checks that depend on it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from . import metrics
-from .classifier import classify
+from .classifier import MnistClassifier, classify
 from .config import AssignmentConfig
 from .probe import ProbeData, ProbeInputs
 from .records import (
@@ -39,14 +40,14 @@ class ShapeError(ValueError):
 class Judge:
     """The classifier and the real test images' feature statistics (the Fréchet target)."""
 
-    classifier: torch.nn.Module
+    classifier: MnistClassifier
     test_stats: metrics.FeatureStats
     accept_confidence: float                # an image is a digit from this top-class probability
     memorised_distance: float               # a sample this close to a bank image is a copy
     bank: metrics.ImageBank | None = None   # every MNIST image, for spotting memorised samples
 
     @classmethod
-    def build(cls, classifier: torch.nn.Module, test_images: torch.Tensor, accept_confidence: float,
+    def build(cls, classifier: MnistClassifier, test_images: torch.Tensor, accept_confidence: float,
               memorised_distance: float, real_images: torch.Tensor | None = None) -> Judge:
         from .reference import (
             feature_stats_of_test_set,  # shared with reference building
