@@ -68,7 +68,7 @@ class UnitResult:
     def save(self, out: Path) -> None:
         """Kept beside the execution record (grader-written files), so re-scoring needs no rerun."""
         buffer = io.BytesIO()
-        np.savez(buffer, **self.arrays)
+        np.savez(buffer, **self.arrays)  # type: ignore[arg-type]  # numpy's stub: a **dict might name allow_pickle
         atomic.write_bytes(out / self.SAVED_ARRAYS, buffer.getvalue())
         atomic.write_text(out / self.SAVED_ERRORS, json.dumps(self.errors))
 
