@@ -20,7 +20,6 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-
 from . import __version__, atomic, paths, versioning
 from .config import AssignmentConfig, load_config
 from .errors import GraderError

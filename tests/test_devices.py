@@ -9,8 +9,21 @@ from pathlib import Path
 import pytest
 
 from grader.devices import (
-    MEMORY_SHARE, DevicesError, GpuDevice, Slot, SlotPool, describe_slots, device_binds, device_warnings,
-    discover_gpus, driver_library_dirs, parse_gpu_list, parse_gpu_query, parse_mig_table, plan_slots, setup_code,
+    MEMORY_SHARE,
+    DevicesError,
+    GpuDevice,
+    Slot,
+    SlotPool,
+    describe_slots,
+    device_binds,
+    device_warnings,
+    discover_gpus,
+    driver_library_dirs,
+    parse_gpu_list,
+    parse_gpu_query,
+    parse_mig_table,
+    plan_slots,
+    setup_code,
     slot_for,
 )
 

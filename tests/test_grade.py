@@ -209,8 +209,9 @@ def test_a_grader_failure_on_one_notebook_never_stops_the_batch(tmp_path):
 
 
 def test_a_regrade_keeps_the_marks_shows_them_and_flags_a_changed_answer(tmp_path):
-    from grader.marking.store import MarkStore
     from test_report import pdf_text
+
+    from grader.marking.store import MarkStore
 
     folder, out = tmp_path / "in", tmp_path / "out"
     folder.mkdir()

@@ -5,8 +5,8 @@ or arrays; results are Python floats or small dataclasses, computed in float64 o
 from .elbo import elbo_per_image
 from .frechet import FeatureStats, feature_stats, frechet_distance, frechet_distance_from_stats
 from .interpolation import InterpolationQuality, interpolation_accept, interpolation_quality, path_smoothness
-from .memorisation import ImageBank, memorised_share
 from .kl import kl_relative_error, kl_to_standard_normal
+from .memorisation import ImageBank, memorised_share
 from .reconstruction import mse_per_image, mse_per_pixel
 from .reparam import ReparamStats, reparam_stats
 from .sample_quality import SampleQuality, sample_quality
