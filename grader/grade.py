@@ -126,7 +126,7 @@ class GradingContext:
     def reference_probe(self, beta: float | None) -> ProbeData:
         """The reference models' outputs, with the tuned model's trained at `beta`: the same
         function measures them as measures the students' rebuilt models."""
-        tuned_beta, tuned = self.reference.exact_vae(beta, self.data_dir, self.log)
+        tuned_beta, tuned = self.reference.vae_for(beta)
         if tuned_beta not in self._reference_probes:
             models = dict(self.reference.models)
             if self.config.tuned_model is not None:
@@ -142,7 +142,7 @@ class GradingContext:
 
         from .reference_measured import cached_measurement, measurement_key
 
-        tuned_beta, _ = self.reference.exact_vae(beta, self.data_dir, self.log)
+        tuned_beta, _ = self.reference.vae_for(beta)
         if tuned_beta not in self._reference_figures:
             key = measurement_key(self.reference.key, tuned_beta, self.config.digest, self.params)
             self._reference_figures[tuned_beta] = cached_measurement(key, lambda: measure_reference(
@@ -413,6 +413,9 @@ def evaluate(ctx: GradingContext, notebook: Path, execution: ExecutionResult, ou
     nb = _read_notebook(notebook)
     student, notes = student_probe(ctx, out, execution)
     best_beta, source = _best_beta(ctx, student, nb)
+    # The step that makes the reference at the student's β (trained once per β, kept in the
+    # cache); everything after it only reads the reference.
+    ctx.reference.train_vae_at(best_beta, ctx.data_dir, ctx.log)
     reference = ctx.reference_probe(best_beta)
     measurement = measure(
         student, ctx.reference_figures(best_beta), ctx.inputs, ctx.unit_inputs, ctx.judge,

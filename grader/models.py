@@ -1,7 +1,8 @@
-"""The solution's architecture and training loop, as the grader trains its reference models.
+"""The loop the grader trains its reference models with, and the losses it trains them on.
 
-The solution notebook defines the same classes and loss; keep the two in step (a test compares
-them). Data stays in memory as tensors and batches are drawn by index, not by a per-image
+The models are the config's architecture (the solution notebook's own classes, taken out of it
+by grader.config); the solution trains them with the same loop and losses (a test runs it and
+compares). Data stays in memory as tensors and batches are drawn by index, not by a per-image
 DataLoader, which is what makes reference training fast on the CPU.
 """
 
@@ -13,54 +14,6 @@ from typing import Callable, Iterator
 
 import torch
 from torch import nn
-
-IMAGE_PIXELS = 28 * 28
-
-
-def _mlp(sizes: list[int]) -> list[nn.Module]:
-    layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(n_in, n_out))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return layers
-
-
-class AutoEncoder(nn.Module):
-    """MLP autoencoder: 784 -> 512 -> 256 -> nz -> 256 -> 512 -> 784, sigmoid output."""
-
-    def __init__(self, nz: int):
-        super().__init__()
-        self.nz = nz
-        self.encoder = nn.Sequential(nn.Flatten(), *_mlp([IMAGE_PIXELS, 512, 256, self._code_size()]))
-        self.decoder = nn.Sequential(*_mlp([nz, 256, 512, IMAGE_PIXELS]), nn.Sigmoid())
-
-    def _code_size(self) -> int:
-        return self.nz
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z).view(-1, 1, 28, 28)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
-
-
-class VAE(AutoEncoder):
-    """The same MLP; the encoder outputs (mu, log_sigma), each [B, nz]."""
-
-    def _code_size(self) -> int:
-        return 2 * self.nz
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, log_sigma = self.encoder(x).chunk(2, dim=1)
-        return mu, log_sigma
-
-    def forward(self, x: torch.Tensor):  # type: ignore[override]
-        mu, log_sigma = self.encode(x)
-        return self.decode(reparameterize(mu, log_sigma)), mu, log_sigma
 
 
 def reconstruction_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -218,26 +218,55 @@ class ReferenceSet:
             nearest = min(self.sweep, key=lambda b: (abs(math.log(b / beta)) if b > 0 else math.inf, b))
         return nearest, self.sweep[nearest]
 
-    def exact_vae(self, beta: float | None, data_dir: Path | None = None, log: Log = print) -> tuple[float, nn.Module]:
-        """The reference VAE trained at exactly `beta` — the fair comparison for a student's tuned
-        VAE: a β the set already holds is reused; any other is trained once with the set's
-        parameters and kept in the cache entry (entry/extra/). A missing, non-finite or negative
-        β falls back to `vae_at`."""
-        if beta is None or not math.isfinite(beta) or beta < 0 or self.path is None:
-            return self.vae_at(beta)
+    def _exact(self, beta: float | None) -> bool:
+        """Whether a student's β gets a reference trained at exactly that β: a finite β >= 0 of a
+        set kept in the cache (anything else is compared with `vae_at`)."""
+        return beta is not None and math.isfinite(beta) and beta >= 0 and self.path is not None
+
+    def _extra_file(self, beta: float) -> Path:
+        assert self.path is not None
+        return self.path / "extra" / f"{_beta_name(beta)}.pt"
+
+    def held_vae(self, beta: float) -> tuple[float, nn.Module] | None:
+        """The VAE at exactly `beta` the set holds: one of its own betas, or one trained for an
+        earlier student and kept in the cache entry (entry/extra/); None otherwise. Never trains."""
         held = {**self.sweep, **{b: self.models[r] for r, b in self.betas.items() if b is not None}}
         for known, model in held.items():
             if math.isclose(known, beta, rel_tol=1e-9, abs_tol=1e-12):
                 return known, model
-        extra = self.path / "extra" / f"{_beta_name(beta)}.pt"
+        if self.path is None:
+            return None
+        model = self.builders["vae"](self.settings.nz)
+        try:
+            model.load_state_dict(torch.load(self._extra_file(beta), map_location="cpu", weights_only=True))
+        except (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError):
+            return None  # not trained yet, or a damaged file (train_vae_at trains it again)
+        return beta, model.eval()
+
+    def vae_for(self, beta: float | None) -> tuple[float, nn.Module]:
+        """The reference VAE a student's tuned VAE at `beta` is compared with, and its β: the one
+        at exactly `beta` (train_vae_at must have made it when the set does not hold it:
+        LookupError otherwise); for a missing, non-finite or negative β, `vae_at`."""
+        if beta is None or not self._exact(beta):
+            return self.vae_at(beta)
+        found = self.held_vae(beta)
+        if found is None:
+            raise LookupError(f"no reference VAE at beta={beta:g}: train_vae_at({beta:g}) is the step that makes it")
+        return found
+
+    def train_vae_at(self, beta: float | None, data_dir: Path | None = None, log: Log = print) -> bool:
+        """The run's step for a student's β: train the reference VAE at exactly `beta` with the
+        set's parameters, unless the set holds one (then nothing happens), and keep it in the
+        cache entry. Once per β and set, whatever the workers: they take the entry's lock and
+        look again. Returns whether this call trained."""
+        if beta is None or not self._exact(beta) or self.held_vae(beta) is not None:
+            return False
+        extra = self._extra_file(beta)
         extra.parent.mkdir(exist_ok=True)
+        assert self.path is not None
         with filelock.FileLock(self.path / "extra.lock"):
-            model = self.builders["vae"](self.settings.nz)
-            try:
-                model.load_state_dict(torch.load(extra, map_location="cpu", weights_only=True))
-                return beta, model.eval()
-            except (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError):
-                pass  # not trained yet, or a damaged file: (re)train it
+            if self.held_vae(beta) is not None:   # another worker trained it meanwhile
+                return False
             from .data import load_mnist
 
             started = time.perf_counter()
@@ -247,7 +276,7 @@ class ReferenceSet:
             torch.save({k: v.detach().cpu() for k, v in trained.model.state_dict().items()}, buffer)
             atomic.write_bytes(extra, buffer.getvalue())
             log(f"reference: trained a VAE at beta={beta:g} in {time.perf_counter() - started:.1f} s")
-            return beta, trained.model.eval()
+            return True
 
 
 def _beta_name(beta: float) -> str:

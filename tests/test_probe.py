@@ -30,6 +30,8 @@ from grader.unitcheck import definitions, make_unit_inputs, run_unit_checks
 from grader.weights import WeightsMismatch, match_state, rebuild_models
 
 CONFIG = load_config()
+# The handout's architecture as the grader takes it from the solution notebook: the kernel's models here.
+AutoEncoder, VAE = CONFIG.model_class("ae"), CONFIG.model_class("vae")
 PARAMS = CONFIG.resolve_parameters(preset="smoke")
 NZ = PARAMS["NZ"]
 
@@ -42,8 +44,8 @@ def fake_test_set(n=600):
 def kernel_namespace(**changes):
     torch.manual_seed(0)
     ns = {
-        "ae": models.AutoEncoder(NZ), "vae_beta0": models.VAE(NZ), "vae_beta10": models.VAE(NZ),
-        "vae_tuned": models.VAE(NZ), "best_beta": 2.5,
+        "ae": AutoEncoder(NZ), "vae_beta0": VAE(NZ), "vae_beta10": VAE(NZ),
+        "vae_tuned": VAE(NZ), "best_beta": 2.5,
         "ae_history": [{"epoch": 1, "rec": torch.tensor(30.0), "kl": 0}],
     }
     ns.update(changes)
@@ -90,13 +92,13 @@ def test_objects_that_are_not_the_handouts_models_cannot_be_measured(tmp_path, m
             return torch.zeros(len(z), 1, 28, 28)
 
     class Liar(torch.nn.Module):  # claims to be a VAE, holds other layers
-        __class__ = models.VAE
+        __class__ = VAE
 
         def __init__(self):
             super().__init__()
             self.table = torch.nn.Linear(3, 3)
 
-    export = export_from(kernel_namespace(ae=LookupTable(), vae_beta0=Liar(), vae_beta10=models.VAE(NZ + 1),
+    export = export_from(kernel_namespace(ae=LookupTable(), vae_beta0=Liar(), vae_beta10=VAE(NZ + 1),
                                           vae_tuned=None), tmp_path, monkeypatch)
     rebuilt = rebuild_models(CONFIG, PARAMS, export)
     assert "not a torch.nn.Module" in rebuilt.errors["ae"]
@@ -109,21 +111,21 @@ def test_objects_that_are_not_the_handouts_models_cannot_be_measured(tmp_path, m
 
 def test_weights_are_matched_by_position_when_only_names_differ():
     torch.manual_seed(0)
-    reference = models.VAE(NZ)
+    reference = VAE(NZ)
     renamed = {f"layer{i}": t.numpy() for i, t in enumerate(reference.state_dict().values())}
-    state, note = match_state(models.VAE(NZ).state_dict(), renamed)
+    state, note = match_state(VAE(NZ).state_dict(), renamed)
     assert "matched by position" in note
     torch.testing.assert_close(state["decoder.4.bias"], reference.state_dict()["decoder.4.bias"])
     broken = dict(renamed, layer0=np.full((512, 784), np.nan, dtype=np.float32))
     with pytest.raises(WeightsMismatch, match="NaN"):
-        match_state(models.VAE(NZ).state_dict(), broken)
+        match_state(VAE(NZ).state_dict(), broken)
 
 
 def test_probe_models_gives_contract_shapes_on_the_graders_inputs():
     x, y = fake_test_set()
     inputs = make_probe_inputs(CONFIG, PARAMS, x, y)
     torch.manual_seed(0)
-    data = probe_models({"ae": models.AutoEncoder(NZ), "vae_tuned": models.VAE(NZ)}, CONFIG, inputs)
+    data = probe_models({"ae": AutoEncoder(NZ), "vae_tuned": VAE(NZ)}, CONFIG, inputs)
     assert data.errors == {}
     assert data.arrays["ae.recon"].shape == (len(inputs.test_x), 1, 28, 28)
     assert data.arrays["vae_tuned.log_sigma"].shape == (len(inputs.test_x), NZ)

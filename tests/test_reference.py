@@ -14,7 +14,7 @@ from grader.classifier import MnistClassifier
 from grader.config import load_config
 from grader.data import load_mnist
 from grader.errors import ConfigError
-from grader.models import VAE, AutoEncoder, TrainSettings, train_model
+from grader.models import TrainSettings, train_model
 from grader.reference import (
     META_FILE,
     WEIGHTS_FILE,
@@ -158,8 +158,8 @@ def test_build_trains_every_model_and_measures_it(tiny):
     assert (ref.path / WEIGHTS_FILE).is_file() and (ref.path / META_FILE).is_file()
     assert any("training 5 models on 512 images" in m for m in messages)
     assert set(ref.models) == {"ae", "vae_beta0", "vae_beta10", "vae_tuned"}
-    assert type(ref.models["ae"]) is AutoEncoder
-    assert all(isinstance(ref.models[r], VAE) for r in ("vae_beta0", "vae_beta10", "vae_tuned"))
+    assert type(ref.models["ae"]) is cfg.model_class("ae")   # the solution notebook's classes
+    assert all(type(ref.models[r]) is cfg.model_class("vae") for r in ("vae_beta0", "vae_beta10", "vae_tuned"))
     assert set(ref.sweep) == {1.0, 4.0} and ref.models["vae_tuned"] is ref.sweep[ref.best_beta]
     assert ref.betas == {"ae": None, "vae_beta0": 0.0, "vae_beta10": 10.0, "vae_tuned": ref.best_beta}
     assert ref.best_beta in ref.good_betas
@@ -246,20 +246,28 @@ def test_vae_at_picks_the_nearest_sweep_beta_on_a_log_scale(tiny):
 
 @pytest.mark.slow
 def test_exact_vae_reuses_held_betas_and_trains_others_once(tiny):
+    """vae_for only looks up; train_vae_at is the one step that trains, once per β."""
     _, params, _, _, ref, _ = tiny
-    assert ref.exact_vae(4.0)[1] is ref.sweep[4.0]
-    assert ref.exact_vae(10.0)[1] is ref.models["vae_beta10"]
-    assert ref.exact_vae(None) == ref.vae_at(None)
+    assert ref.vae_for(4.0)[1] is ref.sweep[4.0]
+    assert ref.vae_for(10.0)[1] is ref.models["vae_beta10"]
+    assert ref.vae_for(None) == ref.vae_at(None)
+    assert not ref.train_vae_at(4.0) and not ref.train_vae_at(None)   # held, or no exact β: nothing to train
+    with pytest.raises(LookupError, match="beta=2.5"):
+        ref.vae_for(2.5)                          # a getter never trains
     messages: list[str] = []
     with one_thread():
-        beta, first = ref.exact_vae(2.5, log=messages.append)
+        assert ref.train_vae_at(2.5, log=messages.append)
+        beta, first = ref.vae_for(2.5)
         assert beta == 2.5 and len(messages) == 1 and "beta=2.5" in messages[0]
-        again = ref.exact_vae(2.5, log=messages.append)[1]
+        assert not ref.train_vae_at(2.5, log=messages.append)
+        again = ref.vae_for(2.5)[1]
         assert len(messages) == 1 and _same_weights(first, again)  # loaded, not retrained
         direct = train_model(training_subset(load_mnist(train=True)[0], params["TRAIN_SUBSET"]),
-                             reference_params(tiny[0], params), 2.5, "cpu", VAE).model
+                             reference_params(tiny[0], params), 2.5, "cpu", tiny[0].model_class("vae")).model
         assert _same_weights(first, direct)
         stored = ref.path / "extra" / "beta=2.5.pt"
         stored.write_bytes(b"damaged")
-        retrained = ref.exact_vae(2.5, log=messages.append)[1]
+        assert ref.held_vae(2.5) is None          # a damaged file is not used
+        assert ref.train_vae_at(2.5, log=messages.append)
+        retrained = ref.vae_for(2.5)[1]
         assert len(messages) == 2 and _same_weights(retrained, first)

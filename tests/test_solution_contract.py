@@ -2,7 +2,8 @@
 
 The slow test runs reference/solution.ipynb for real (nbclient, the smoke preset, MNIST linked into
 a fresh folder) and then inspects the kernel it leaves behind: the contract's names and shapes,
-and that its classes and training loop are the ones grader.models trains the reference with.
+and that the classes the grader takes out of it (the config's architecture, "solution.ipynb:...")
+and grader.models' training loop give the notebook's own models.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ KERNEL_PROBE = textwrap.dedent(
     import json as _json
     import torch as _torch
     from grader import models as _ref
+    from grader.config import load_config as _load_config
+    _arch = _load_config()
+    _grader_ae, _grader_vae = _arch.model_class("ae"), _arch.model_class("vae")
 
     def _shape(t):
         return list(t.shape)
@@ -66,7 +70,7 @@ KERNEL_PROBE = textwrap.dedent(
 
     # The same layers, created in the same order: identical state_dicts from the same seed.
     _facts["state_dicts"] = {}
-    for _ours, _theirs in ((AutoEncoder, _ref.AutoEncoder), (VAE, _ref.VAE)):
+    for _ours, _theirs in ((AutoEncoder, _grader_ae), (VAE, _grader_vae)):
         _torch.manual_seed(0)
         _a = _ours(NZ).state_dict()
         _torch.manual_seed(0)
@@ -85,7 +89,7 @@ KERNEL_PROBE = textwrap.dedent(
         ("vae_tuned", vae_tuned, vae_histories[best_beta], best_beta),
     ):
         _trained = _ref.train_model(train_images, _settings, beta=_beta, device="cpu",
-                                    build=_ref.AutoEncoder if _beta is None else _ref.VAE)
+                                    build=_grader_ae if _beta is None else _grader_vae)
         _facts["training"][_label] = {
             "history": _history,
             "reference_history": _trained.history,
