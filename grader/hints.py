@@ -22,7 +22,8 @@ class Hint:
 
 @dataclass(frozen=True)
 class HintContext:
-    data_dir: str | None = None     # DATA_DIR as the kernel saw it
+    data_dir: str | None = None     # the data folder as the kernel saw it
+    data_parameter: str = "the data folder parameter"   # the parameter that names it (the config's)
     source: str = ""                 # the failing cell's source
     memory_mb: int | None = None     # the kernel's memory limit
     gpu_memory_mb: int | None = None  # the kernel's share of its GPU's memory (a GPU slot's cap)
@@ -50,13 +51,13 @@ def _colab(index: int, match: re.Match, ctx: HintContext) -> str:
     return (f"cell {index} uses Google Colab (google.colab: drive.mount, files.upload), which does not "
             "exist in the grader: remove Colab-only cells, or guard them with "
             "`try: from google.colab import drive ... except ImportError: pass`; "
-            "the MNIST data is provided in DATA_DIR")
+            f"the MNIST data is provided in {ctx.data_parameter}")
 
 
 def _network(index: int, match: re.Match, ctx: HintContext) -> str:
     return (f"cell {index} needs the internet, but the grader runs notebooks without network access: "
             "nothing can be downloaded or installed (`!pip install` does nothing there); load MNIST with "
-            "`torchvision.datasets.MNIST(DATA_DIR, ..., download=True)`, which finds the provided "
+            f"`torchvision.datasets.MNIST({ctx.data_parameter}, ..., download=True)`, which finds the provided "
             "copy, and use only the packages the handout imports")
 
 
@@ -73,11 +74,11 @@ def _missing_file(index: int, match: re.Match, ctx: HintContext) -> str | None:
     path = match.group("path")
     root = (ctx.data_dir or "").rstrip("/")
     if root and (path == root or path.startswith(root + "/")):
-        return (f"cell {index} reads {path!r} inside DATA_DIR, which holds only MNIST as torchvision "
-                "stores it: load it with `torchvision.datasets.MNIST(DATA_DIR, ..., download=True)`")
+        return (f"cell {index} reads {path!r} inside {ctx.data_parameter}, which holds only MNIST as torchvision "
+                f"stores it: load it with `torchvision.datasets.MNIST({ctx.data_parameter}, ..., download=True)`")
     return (f"cell {index} reads {path!r}, a file that exists only on your machine: in the grader only "
-            "the notebook and DATA_DIR (MNIST) exist, in a fresh working directory; load the data from "
-            "DATA_DIR and create every other file in the notebook itself (train instead of loading "
+            f"the notebook and {ctx.data_parameter} (MNIST) exist, in a fresh working directory; load the data from "
+            f"{ctx.data_parameter} and create every other file in the notebook itself (train instead of loading "
             "saved weights)")
 
 
@@ -110,19 +111,21 @@ _HINTS = [
                     r"|nodename nor servname"), _network),
     Hint(re.compile(r"ModuleNotFoundError: No module named '([^'.]+)"), _module),
     Hint(re.compile(r"Dataset not found"), lambda index, match, ctx: (
-        f"cell {index} looks for MNIST in a folder where it is not: pass DATA_DIR as the dataset's root, "
-        "`torchvision.datasets.MNIST(DATA_DIR, train=True, download=True, ...)`, and do not change DATA_DIR")),
+        f"cell {index} looks for MNIST in a folder where it is not: pass {ctx.data_parameter} as the dataset's "
+        f"root, `torchvision.datasets.MNIST({ctx.data_parameter}, train=True, download=True, ...)`, and do not "
+        f"change {ctx.data_parameter}")),
     Hint(re.compile(r"(?:FileNotFoundError|No such file or directory)\b.*?: '(?P<path>[^']+)'"), _missing_file),
 ]
 
 
 def hint_for(index: int, error: str | None, traceback: str | None = None, *,
-             data_dir: str | None = None, source: str = "", memory_mb: int | None = None,
-             gpu_memory_mb: int | None = None) -> str | None:
+             data_dir: str | None = None, data_parameter: str | None = None, source: str = "",
+             memory_mb: int | None = None, gpu_memory_mb: int | None = None) -> str | None:
     """The hint for cell `index` that failed with `error` (and `traceback`), or None."""
     if not error and not traceback:
         return None
-    ctx = HintContext(data_dir=data_dir, source=source or "", memory_mb=memory_mb, gpu_memory_mb=gpu_memory_mb)
+    ctx = HintContext(data_dir=data_dir, data_parameter=data_parameter or HintContext.data_parameter,
+                      source=source or "", memory_mb=memory_mb, gpu_memory_mb=gpu_memory_mb)
     # The error line first: a traceback may quote unrelated text (a student's own comment).
     for text in (error or "", traceback or ""):
         for hint in _HINTS:

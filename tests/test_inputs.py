@@ -184,10 +184,16 @@ def test_harmless_irregularities_still_read(tmp_path):
      ["inside DATA_DIR", "torchvision.datasets.MNIST(DATA_DIR"]),
 ])
 def test_hints_for_errors_of_the_graders_environment(error, expected):
-    hint = hint_for(4, error, None, data_dir="/scratch/data")
+    hint = hint_for(4, error, None, data_dir="/scratch/data", data_parameter="DATA_DIR")   # the config's name
     assert hint is not None
     for words in expected:
         assert words in hint, (words, hint)
+
+
+def test_hints_name_the_configs_data_parameter():
+    hint = hint_for(4, "RuntimeError: Dataset not found. You can use download=True", None, data_parameter="DATA_ROOT")
+    assert "torchvision.datasets.MNIST(DATA_ROOT" in hint and "DATA_DIR" not in hint
+    assert "the data folder parameter" in hint_for(4, "RuntimeError: Dataset not found.", None)
 
 
 def test_no_hint_for_the_students_own_bugs():

@@ -17,7 +17,7 @@ def kl_to_standard_normal(mu, log_sigma) -> torch.Tensor:
     mu, log_sigma = as_float_tensor(mu, "mu"), as_float_tensor(log_sigma, "log_sigma")
     same_rows(mu, log_sigma, "mu", "log_sigma")
     if mu.dim() != 2:
-        raise ValueError(f"mu: expected [B, NZ], got shape {tuple(mu.shape)}")
+        raise ValueError(f"mu: expected [B, latent size], got shape {tuple(mu.shape)}")
     return kl_divergence(mu, log_sigma)
 
 
