@@ -15,7 +15,10 @@ data: bootstrap
 demo: data
 	.venv/bin/grader grade submissions --out $(OUT) --preset quick --workers $(WORKERS)
 
+# Lint and types first (seconds), then the tests: configured in pyproject.toml.
 test: data
+	.venv/bin/ruff check .
+	.venv/bin/mypy
 	.venv/bin/python -m pytest -q
 
 bench: data

@@ -37,11 +37,11 @@ from . import __version__, atomic, versioning
 from .config import AssignmentConfig, load_config
 from .devices import Slot
 from .errors import GraderError
+from .execute import EXECUTED_NOTEBOOK
 from .marking.store import DB_NAME, MarkStore
 from .probe import VALUES_FILE, WEIGHTS_FILE, KernelExport, ProbeData, ProbeInputs, export_code, load_export, probe_models
 from .records import Answer, ExecutionResult, Mark, RubricItem, SubmissionResult
 from .score import score_checks, totals
-from .execute import EXECUTED_NOTEBOOK
 from .unitcheck import UnitInputs, UnitResult
 
 if TYPE_CHECKING:  # types only: prepare() imports them in the workers, the main process never needs them
@@ -139,7 +139,6 @@ class GradingContext:
         the tuned model at `beta`: measured once per β and reference (kept on disk), not per student,
         run or worker."""
         from .measure import measure_reference
-
         from .reference_measured import cached_measurement, measurement_key
 
         tuned_beta, _ = self.reference.vae_for(beta)
@@ -757,7 +756,7 @@ def grade_submissions(
     runner = make_runner(options, len(notebooks), config.limits.threads, log)   # the workers start loading now
     if options.timeout_factor is not None:
         options = apply_timeout_factor(options, runner, log)   # the solution timed in a worker, or cached
-    from .report import class_marking, rubric_items, write_gradebook   # 3 s of imports, while the workers start
+    from .report import class_marking, rubric_items, write_gradebook  # 3 s of imports, while the workers start
     plan = plan_run(options)
     store = MarkStore(options.out_dir, plan.config)
     marks, rubric = store.all_marks(), rubric_items(store)
@@ -825,7 +824,8 @@ def self_check(notebook: Path, options: GradeOptions, log: Log = print) -> Submi
     for column in ("question", "found", "words / limit"):
         answers.add_column(column)
     for a in result.answers:
-        answers.add_row(a.id, "yes" if a.found else f"no — {a.note}", f"{a.words} / {a.limit}" + (" OVER" if a.over_limit else ""))
+        words = f"{a.words} / {a.limit}" + (" OVER" if a.over_limit else "")
+        answers.add_row(a.id, "yes" if a.found else f"no — {a.note}", words)
     console.print(answers)
     if result.overrides:
         changed = ", ".join(f"{k}={v}" for k, v in result.overrides.items())
