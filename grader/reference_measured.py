@@ -18,8 +18,8 @@ from typing import Callable
 import numpy as np
 
 from . import atomic, paths, versioning
-from .measure import ReferenceMeasurement, SampleCaptions
-from .records import ModelFigures
+from .measure import ReferenceMeasurement
+from .records import ModelFigures, SampleCaptions
 
 FORMAT = 1
 
