@@ -23,14 +23,13 @@ import sys
 import tempfile
 import time
 import unicodedata
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 import nbformat
-import torch
 from pydantic import BaseModel
 
 from . import __version__, atomic, versioning
@@ -40,12 +39,12 @@ from .errors import GraderError
 from .execute import EXECUTED_NOTEBOOK
 from .marking.store import DB_NAME, MarkStore
 from .probe import VALUES_FILE, WEIGHTS_FILE, KernelExport, ProbeData, ProbeInputs, export_code, load_export, probe_models
-from .records import Answer, ExecutionResult, Mark, RubricItem, SubmissionResult
+from .records import Answer, ExecutionResult, Mark, ModelFigures, RubricItem, SubmissionResult
 from .score import score_checks, totals
 from .unitcheck import UnitInputs, UnitResult
 
 if TYPE_CHECKING:  # types only: prepare() imports them in the workers, the main process never needs them
-    from .measure import Judge
+    from .measure import Judge, ReferenceMeasurement
     from .reference import ReferenceSet
 
 # What may be copied out of a scratch directory, and how big each may be (bytes).
@@ -100,23 +99,50 @@ def plan_run(options: GradeOptions) -> RunPlan:
 
 
 @dataclass
+class MeasuringParts:
+    """The parts of a GradingContext that only measuring needs, and that take seconds to load:
+    the probe's inputs (MNIST), the judge (classifier, test-set statistics, image bank) and the
+    reference models. A worker builds them in a thread while its first kernel runs."""
+
+    inputs: ProbeInputs                # model inputs; they never leave the grader's process
+    judge: Judge                       # the classifier, the test set's statistics, the image bank
+    reference: ReferenceSet            # the reference models at the run's parameters
+
+
+@dataclass
 class GradingContext:
-    """Everything shared by the submissions of one run."""
+    """Everything shared by the submissions of one run. Execution needs only the light fields;
+    `measuring` may still be loading while the first notebook runs (see prepare)."""
 
     config: AssignmentConfig
     params: dict
     data_dir: Path
-    inputs: ProbeInputs                # model inputs; they never leave the grader's process
     unit_inputs: UnitInputs            # inputs of the KL / reparameterize unit checks
-    judge: Judge                       # the classifier, the test set's statistics, the image bank
-    reference: ReferenceSet            # the reference models at the run's parameters
+    measuring: Future[MeasuringParts]
     device: str
     template: nbformat.NotebookNode | None
     options: GradeOptions
     log: Log = print
-    _reference_probes: dict = field(default_factory=dict)
-    _reference_figures: dict = field(default_factory=dict)
+    _reference_probes: dict[float | None, ProbeData] = field(default_factory=dict)
+    _reference_figures: dict[float | None, ReferenceMeasurement] = field(default_factory=dict)
     marks: MarkStore | None = None     # OUT's marking database: answers synced as they are graded
+
+    @property
+    def parts(self) -> MeasuringParts:
+        """The measuring parts, waiting for them if they are still loading; raises what loading raised."""
+        return self.measuring.result()
+
+    @property
+    def inputs(self) -> ProbeInputs:
+        return self.parts.inputs
+
+    @property
+    def judge(self) -> Judge:
+        return self.parts.judge
+
+    @property
+    def reference(self) -> ReferenceSet:
+        return self.parts.reference
 
     @property
     def overrides(self) -> dict:
@@ -134,10 +160,9 @@ class GradingContext:
             self._reference_probes[tuned_beta] = probe_models(models, self.config, self.inputs)
         return self._reference_probes[tuned_beta]
 
-    def reference_measurement(self, beta: float | None):
-        """The reference's figures and samples' captions (measure.ReferenceMeasurement) with
-        the tuned model at `beta`: measured once per β and reference (kept on disk), not per student,
-        run or worker."""
+    def reference_measurement(self, beta: float | None) -> ReferenceMeasurement:
+        """The reference's figures and samples' captions with the tuned model at `beta`: measured
+        once per β and reference (kept on disk), not per student, run or worker."""
         from .measure import measure_reference
         from .reference_measured import cached_measurement, measurement_key
 
@@ -148,27 +173,24 @@ class GradingContext:
                 self.reference_probe(beta), self.reference_probe(None), self.inputs, self.judge, self.config))
         return self._reference_figures[tuned_beta]
 
-    def reference_figures(self, beta: float | None) -> dict:
+    def reference_figures(self, beta: float | None) -> dict[str, ModelFigures]:
         """The reference's figures with the tuned model at `beta`, computed once per β in a run."""
         return self.reference_measurement(beta).figures
 
 
-def prepare(options: GradeOptions, log: Log) -> GradingContext:
+def load_measuring_parts(config: AssignmentConfig, params: dict, data_dir: Path, log: Log) -> MeasuringParts:
+    """MNIST, the probe's inputs, the classifier and its judge, the reference set: all from the cache."""
+    import torch
+
     from .classifier import load_configured_classifier
-    from .data import ensure_mnist, load_mnist
+    from .data import load_mnist
     from .measure import Judge
     from .models import pick_device
     from .probe import make_probe_inputs
     from .reference import build_reference
-    from .unitcheck import make_unit_inputs
 
-    config = load_config(options.config_path)
-    params = config.resolve_parameters(options.overrides, options.preset)
-    torch.set_num_threads(config.limits.threads)
-    data_dir = ensure_mnist(options.data_dir, log=log)
     test_x, test_y = load_mnist(train=False, data_dir=data_dir)
     inputs = make_probe_inputs(config, params, test_x, test_y)
-    unit_inputs = make_unit_inputs(config, params)
     # On the GPU where there is one, as the reference measures its models (pick_device):
     # classify() moves each batch to the classifier's device and returns CPU tensors.
     classifier = load_configured_classifier(config, pick_device())
@@ -176,10 +198,36 @@ def prepare(options: GradeOptions, log: Log) -> GradingContext:
     judge = Judge.build(classifier, test_x, config.probe.accept_confidence, config.probe.memorised_distance,
                         real_images=torch.cat([train_x, test_x]))
     reference = build_reference(config, params, log=log)
+    return MeasuringParts(inputs, judge, reference)
+
+
+def prepare(options: GradeOptions, log: Log, defer: bool = False) -> GradingContext:
+    """A run's GradingContext. defer: load the measuring parts in a thread and return at once, so
+    that they load while the first notebook runs (a worker's first job then waits only for what
+    the kernel's run did not hide); otherwise they are loaded before this returns."""
+    import torch
+
+    from .data import ensure_mnist
+    from .models import pick_device
+    from .unitcheck import make_unit_inputs
+
+    config = load_config(options.config_path)
+    params = config.resolve_parameters(options.overrides, options.preset)
+    torch.set_num_threads(config.limits.threads)
+    data_dir = ensure_mnist(options.data_dir, log=log)
+    unit_inputs = make_unit_inputs(config, params)
+    measuring: Future[MeasuringParts]
+    if defer:
+        loader = ThreadPoolExecutor(1, thread_name_prefix="measuring-parts")
+        measuring = loader.submit(load_measuring_parts, config, params, data_dir, log)
+        loader.shutdown(wait=False)   # its one thread ends with its one task
+    else:
+        measuring = Future()
+        measuring.set_result(load_measuring_parts(config, params, data_dir, log))
     handout = config.path(config.assignment.handout)
     template = nbformat.read(handout, as_version=4) if handout.exists() else None
     device = str(pick_device())
-    return GradingContext(config, params, data_dir, inputs, unit_inputs, judge, reference, device, template, options, log)
+    return GradingContext(config, params, data_dir, unit_inputs, measuring, device, template, options, log)
 
 
 # The grader's own files in OUT, next to the submissions' folders: no folder may take their names.
@@ -242,7 +290,7 @@ def _digest(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def execution_key(ctx: GradingContext, notebook: Path) -> str:
+def execution_key(ctx: RunPlan | GradingContext, notebook: Path) -> str:
     limits = ctx.config.limits.model_dump()
     return _digest(
         submission_digest(notebook), ctx.params, ctx.unit_inputs.__dict__,
@@ -440,7 +488,7 @@ def evaluate(ctx: GradingContext, notebook: Path, execution: ExecutionResult, ou
     return result
 
 
-def result_key(ctx: GradingContext, notebook: Path) -> str:
+def result_key(ctx: RunPlan | GradingContext, notebook: Path) -> str:
     return _digest(execution_key(ctx, notebook), ctx.config.digest, __version__, versioning.result_digest())
 
 
@@ -474,14 +522,35 @@ class JobSpec(BaseModel):
     seed_files: dict[str, bytes] = {}     # cluster: the folder's files from an earlier run, reused when current
 
 
+class StageSeconds(BaseModel):
+    """Wall seconds of one job's stages in its worker (bench/bench_grade.py prints them): where
+    the grader's own time goes, beside the kernel's run."""
+
+    context: float = 0.0      # the worker's GradingContext, light part (0 once built)
+    execute: float = 0.0      # the kernel's run in its sandbox, the unit checks beside it
+    waiting: float = 0.0      # for the measuring parts still loading after the kernel ended
+    evaluate: float = 0.0     # probe, measure, score, answers, figures
+    report: float = 0.0       # the PDF
+
+
 class JobOutcome(BaseModel):
     """What a job returns: the result; a failure of the grader itself (not of the notebook), so
-    the batch can tell "no notebook could be graded" from bad notebooks; and, for a job that
-    graded into a temporary folder, the folder's files (relative path -> bytes)."""
+    the batch can tell "no notebook could be graded" from bad notebooks; for a job that graded
+    into a temporary folder, the folder's files (relative path -> bytes); its stages' times."""
 
     result: SubmissionResult
     failure: str | None = None
     files: dict[str, bytes] = {}
+    seconds: StageSeconds = StageSeconds()
+
+
+@contextlib.contextmanager
+def _timed(seconds: StageSeconds, stage: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        setattr(seconds, stage, round(getattr(seconds, stage) + time.perf_counter() - started, 3))
 
 
 _contexts: dict[str, GradingContext] = {}
@@ -503,10 +572,13 @@ def worker_context(options: GradeOptions) -> GradingContext:
     """This process's GradingContext for the run: built once (data, classifier and reference all
     through the cached, file-locked functions), then reused by every job of the run."""
     key = context_key(options)
+    known = _contexts.get(key)
+    if known is not None and known.measuring.done() and known.measuring.exception() is not None:
+        del _contexts[key]   # its measuring parts failed to load: the next job tries again
     if key not in _contexts:
         while len(_contexts) >= MAX_CONTEXTS:
             _contexts.pop(next(iter(_contexts)))
-        _contexts[key] = prepare(options, _worker_log)
+        _contexts[key] = prepare(options, _worker_log, defer=True)
     return _contexts[key]
 
 
@@ -514,12 +586,14 @@ def grade_job(spec: JobSpec) -> JobOutcome:
     """One submission, start to end, in whatever process runs it. A failure of the grader on
     this notebook (the sandbox would not start, a figure could not be drawn) is recorded in its
     result and left uncached, so a rerun tries again."""
-    ctx = worker_context(spec.options)
+    seconds = StageSeconds()
+    with _timed(seconds, "context"):
+        ctx = worker_context(spec.options)
     if spec.config_digest and ctx.config.digest != spec.config_digest:
         raise GraderError(f"{socket.gethostname()}: the assignment config in {ctx.config.base_dir} differs from the submitting "
                           "machine's; install the same config on every worker")
     with _job_folder(spec) as (notebook, out), _job_slot(spec) as spec:
-        outcome = _grade_in(ctx, spec, notebook, out)
+        outcome = _grade_in(ctx, spec, notebook, out, seconds)
         if spec.out_dir is None:
             outcome.files = folder_files(out)
     return outcome
@@ -565,22 +639,27 @@ def folder_files(folder: Path) -> dict[str, bytes]:
             if p.is_file() and not p.is_symlink()}
 
 
-def _grade_in(ctx: GradingContext, spec: JobSpec, notebook: Path, out: Path) -> JobOutcome:
+def _grade_in(ctx: GradingContext, spec: JobSpec, notebook: Path, out: Path, seconds: StageSeconds) -> JobOutcome:
     failure = None
     try:
-        execution = run_execution(ctx, notebook, out, spec.execution_key, spec.invalid, spec.options, spec.slot)
+        with _timed(seconds, "execute"):
+            execution = run_execution(ctx, notebook, out, spec.execution_key, spec.invalid, spec.options, spec.slot)
     except Exception as exc:
         failure = f"{notebook.name}: {type(exc).__name__}: {exc}"
         execution = _crashed_result(notebook, exc)
+    with _timed(seconds, "waiting"):
+        ctx.measuring.result()   # one that failed to load (no reference, no classifier) fails the job, as before
     try:
         result = _cached_result(out, spec.result_key)
         if result is None:
-            result = evaluate(ctx, notebook, execution, out)
+            with _timed(seconds, "evaluate"):
+                result = evaluate(ctx, notebook, execution, out)
             result.cache_key = spec.result_key
             result.graded_at = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
             atomic.write_text(out / "result.json", result.model_dump_json(indent=1))
         if spec.options.pdf:
-            _draw_report(ctx, spec, out, result)
+            with _timed(seconds, "report"):
+                _draw_report(ctx, spec, out, result)
     except Exception as exc:
         problem = f"{notebook.name}: the grader failed while evaluating it: {type(exc).__name__}: {exc}"
         ctx.log(problem)
@@ -592,7 +671,7 @@ def _grade_in(ctx: GradingContext, spec: JobSpec, notebook: Path, out: Path) -> 
         )
         atomic.write_text(out / "result.json", result.model_dump_json(indent=1))
         failure = failure or problem
-    return JobOutcome(result=result, failure=failure)
+    return JobOutcome(result=result, failure=failure, seconds=seconds)
 
 
 def _draw_report(ctx: GradingContext, spec: JobSpec, out: Path, result: SubmissionResult) -> None:
@@ -741,8 +820,11 @@ def _collect(plan: RunPlan, spec: JobSpec, value, store: MarkStore, log: Log) ->
 
 
 def grade_submissions(
-    submissions: Path, options: GradeOptions, log: Log = print, print_table: bool = True
+    submissions: Path, options: GradeOptions, log: Log = print, print_table: bool = True,
+    stages: dict[str, StageSeconds] | None = None,
 ) -> list[SubmissionResult]:
+    """Grade every notebook of `submissions` into options.out_dir; stages, when given, receives
+    each finished job's stage times by submission (bench/bench_grade.py prints them)."""
     from tqdm import tqdm
 
     notebooks = discover(submissions)
@@ -767,6 +849,8 @@ def grade_submissions(
     with contextlib.closing(runner), tqdm(total=len(notebooks), desc="grading", unit="nb", file=sys.stderr) as bar:
         for folder, value in runner.run(grade_job, list(specs.items())):
             result, failure = _collect(plan, specs[folder], value, store, log)
+            if stages is not None and isinstance(value, JobOutcome):
+                stages[result.submission] = value.seconds
             if failure:
                 failures.append(failure)
             results.append(result)
