@@ -23,7 +23,7 @@ from nbclient import NotebookClient
 
 from grader.config import load_config
 from grader.data import ensure_mnist
-from grader.grade import GradeOptions, grade_submissions
+from grader.grade import GradeOptions, StageSeconds, grade_submissions
 from grader.inject import inject_parameters
 from grader.models import pick_device
 from grader.paths import REPO_ROOT
@@ -69,9 +69,15 @@ def main() -> None:
         for nb in notebooks:
             shutil.copy(nb, folder / nb.name)
         started = time.perf_counter()
+        stages: dict[str, StageSeconds] = {}
         grade_submissions(folder, GradeOptions(out_dir=Path(tmp) / "out", preset=args.preset, workers=args.workers),
-                          log=lambda _: None)
+                          log=lambda _: None, stages=stages)
         graded = time.perf_counter() - started
+    print("stages in the worker, wall seconds (context: the worker's light context; waiting: for the"
+          " measuring parts after the kernel ended)")
+    for name, seconds in sorted(stages.items()):
+        parts = "  ".join(f"{stage} {value:6.2f}" for stage, value in seconds.model_dump().items())
+        print(f"  {name:32s} {parts}  in jobs {sum(seconds.model_dump().values()):6.2f}")
     total_bare = sum(bare.values())
     print(f"bare nbclient total   {total_bare:7.1f} s")
     print(f"grader grade total    {graded:7.1f} s  (workers {args.workers})")
