@@ -8,6 +8,8 @@ parameters, quality checks are "not assessable": they neither award nor withhold
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 from .config import (
     AssignmentConfig,
@@ -34,26 +36,48 @@ def linear_credit(value: float, full_at: float, zero_at: float) -> float:
     return min(1.0, max(0.0, share))
 
 
-def lower_credit(value: float | None, full_at: float, zero_at: float, min_band: float) -> float:
+def lower_credit(value: float | None, full_at: float, zero_at: float | None, min_band: float) -> float:
     """Credit for a lower-is-better figure. When the reference itself sits beyond the floor (a
     β so large that the mean image does better), the band keeps its zero end at least min_band x
-    full credit (the config's scoring.min_band_factor) instead of turning upside down."""
+    full credit (the config's scoring.min_band_factor) instead of turning upside down.
+
+    zero_at is None where the figure that sets it was not measured: a value that is missing or
+    at full credit is scored without it, any other raises (see _no_zero_end)."""
     if value is None or not math.isfinite(value):
         return 0.0
     if value <= full_at:
         return 1.0
+    if zero_at is None:
+        raise _no_zero_end("lower_credit", value, full_at)
     return linear_credit(value, full_at, max(zero_at, full_at * min_band))
 
 
-def higher_credit(value: float | None, full_at: float, zero_at: float, min_band: float) -> float:
+def higher_credit(value: float | None, full_at: float, zero_at: float | None, min_band: float) -> float:
     """Credit for a higher-is-better figure; the mirror of lower_credit (zero at most at
     full_at / min_band)."""
     if value is None or not math.isfinite(value):
         return 0.0
     if value >= full_at:
         return 1.0
+    if zero_at is None:
+        raise _no_zero_end("higher_credit", value, full_at)
     zero_at = min(zero_at, full_at * (1 / min_band))
     return 0.0 if zero_at >= full_at else linear_credit(value, full_at, zero_at)
+
+
+def _no_zero_end(scorer: str, value: float, full_at: float) -> TypeError:
+    # Partial credit needs the band's zero end. The figures that set it (the mean image's MSE, the
+    # reference's) are the grader's own, always measured; scoring without one is a bug, raised
+    # as the TypeError that arithmetic on the None raised before these functions checked for it.
+    return TypeError(f"{scorer}: {value:g} is short of full credit ({full_at:g}) and the band has no zero end")
+
+
+def _known(value: float | None, what: str) -> float:
+    """A figure of the grader's own that a band is computed from. measure() always sets them, so
+    None is a bug: raised as the TypeError that multiplying the None raised before."""
+    if value is None:
+        raise TypeError(f"{what} was not measured: the band cannot be computed")
+    return value
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -172,7 +196,7 @@ def score_reconstruction(check: ReconstructionCheck, m: Measurement, config: Ass
     student = _figures(m, "student", check.model).mse
     reference = _figures(m, "reference", check.model).mse
     floor = m.metrics.mean_image_mse
-    full_at = check.slack * reference
+    full_at = check.slack * _known(reference, f"the reference {check.model}'s MSE")
     share = lower_credit(student, full_at, floor, config.scoring.min_band_factor)
     band = f"full credit at MSE <= {_fmt(full_at)}, none at >= {_fmt(floor)} (the mean image)"
     message = (
@@ -189,13 +213,15 @@ def score_kl_unconstrained(check: KLUnconstrainedCheck, m: Measurement, config: 
     band_factor = config.scoring.min_band_factor
     label = config.model(check.model).label
     student = _figures(m, "student", check.model)
-    tuned_kl = _best(m, config).kl
+    tuned_kl = _known(_best(m, config).kl, "the tuned reference's KL")
     reference = _figures(m, "reference", check.model)
-    kl_share = higher_credit(student.kl, check.kl_factor * tuned_kl, tuned_kl, band_factor)
-    mse_share = lower_credit(student.mse, check.slack * reference.mse, m.metrics.mean_image_mse, band_factor)
+    kl_full_at = check.kl_factor * tuned_kl
+    kl_share = higher_credit(student.kl, kl_full_at, tuned_kl, band_factor)
+    mse_full_at = check.slack * _known(reference.mse, f"the reference {check.model}'s MSE")
+    mse_share = lower_credit(student.mse, mse_full_at, m.metrics.mean_image_mse, band_factor)
     message = (
         f"{label}: KL {_fmt(student.kl)} nats (expected far above the tuned reference's {_fmt(tuned_kl)}, "
-        f"at least {_fmt(check.kl_factor * tuned_kl)}; reference {label}: {_fmt(reference.kl)}); "
+        f"at least {_fmt(kl_full_at)}; reference {label}: {_fmt(reference.kl)}); "
         f"MSE {_fmt(student.mse)} (reference {_fmt(reference.mse)})."
     )
     band = "half for an unconstrained KL, half for reconstruction"
@@ -223,7 +249,8 @@ def score_kl_collapse(check: KLCollapseCheck, m: Measurement, config: Assignment
     kl_share = lower_credit(student.kl, check.kl_max, max(tuned.kl or 0.0, check.kl_band_factor * check.kl_max),
                             band_factor)
     # Worse reconstruction than a tuned VAE is the expected behaviour, as far as the reference's.
-    worse_share = higher_credit(student.mse, reference.mse / check.slack, tuned.mse, band_factor)
+    worse_full_at = _known(reference.mse, f"the reference {check.model}'s MSE") / check.slack
+    worse_share = higher_credit(student.mse, worse_full_at, tuned.mse, band_factor)
     message = (
         f"{label}: KL {_fmt(student.kl)} nats (expected near zero, <= {check.kl_max:g}; reference "
         f"{_fmt(reference.kl)}); MSE {_fmt(student.mse)} (reference {label} {_fmt(reference.mse)}, "
@@ -244,11 +271,14 @@ def score_samples(check: SampleQualityCheck, m: Measurement, config: AssignmentC
             f"(allowed {100 * check.max_memorised_share:.0f}%): a generator that reproduces stored digits "
             f"earns no sample credit, whatever its Fréchet distance ({_fmt(s.sample_fid)})."),
             band="no credit for memorised samples", reason="gated")
-    fid_share = lower_credit(s.sample_fid, check.slack * r.sample_fid, check.fid_floor_factor * r.sample_fid,
-                             band_factor)
-    conf_share = higher_credit(s.sample_confidence, r.sample_confidence / check.slack, check.confidence_floor,
+    ref_fid = _known(r.sample_fid, f"the reference {check.model}'s Fréchet distance")
+    fid_full_at, fid_zero_at = check.slack * ref_fid, check.fid_floor_factor * ref_fid
+    fid_share = lower_credit(s.sample_fid, fid_full_at, fid_zero_at, band_factor)
+    ref_confidence = _known(r.sample_confidence, f"the reference {check.model}'s sample confidence")
+    conf_share = higher_credit(s.sample_confidence, ref_confidence / check.slack, check.confidence_floor,
                                band_factor)
-    cov_share = higher_credit(s.sample_coverage, r.sample_coverage - check.coverage_margin, 0.0, band_factor)
+    ref_coverage = _known(r.sample_coverage, f"the reference {check.model}'s class coverage")
+    cov_share = higher_credit(s.sample_coverage, ref_coverage - check.coverage_margin, 0.0, band_factor)
     w = check.weights
     # Fréchet distance and confidence count in proportion to class coverage: a generator of one
     # confidently classified blob (an untrained decoder) is neither diverse nor close to MNIST.
@@ -258,8 +288,8 @@ def score_samples(check: SampleQualityCheck, m: Measurement, config: AssignmentC
         f"classifier confidence {_fmt(s.sample_confidence)} (reference {_fmt(r.sample_confidence)}), "
         f"class coverage {_fmt(s.sample_coverage)} (reference {_fmt(r.sample_coverage)})."
     )
-    band = (f"Fréchet distance: full credit <= {_fmt(check.slack * r.sample_fid)}, none >= "
-            f"{_fmt(check.fid_floor_factor * r.sample_fid)} ({w.fid:.0%}); confidence {w.confidence:.0%}; "
+    band = (f"Fréchet distance: full credit <= {_fmt(fid_full_at)}, none >= "
+            f"{_fmt(fid_zero_at)} ({w.fid:.0%}); confidence {w.confidence:.0%}; "
             f"coverage {w.coverage:.0%}; the first two scaled by the coverage credit")
     return _result(check, share, message, band)
 
@@ -304,7 +334,11 @@ def score_interpolation(check: InterpolationCheck, m: Measurement, config: Assig
     return _result(check, sum(shares) / len(shares), "; ".join(parts) + ".", band)
 
 
-SCORERS = {
+# The first argument is the check of the scorer's own kind: score_checks dispatches on check.kind,
+# which the types cannot follow from a str key.
+Scorer = Callable[[Any, Measurement, AssignmentConfig], CheckResult]
+
+SCORERS: dict[str, Scorer] = {
     "kl_unit": score_kl,
     "reparam_unit": score_reparam,
     "reconstruction": score_reconstruction,

@@ -41,6 +41,18 @@ def test_bands_never_turn_upside_down():
     assert higher_credit(0.9, full_at=1.0, zero_at=1.2, min_band=2.0) == pytest.approx(0.8)
 
 
+def test_a_band_without_its_zero_end_scores_only_what_needs_none():
+    # A figure that sets the zero end was not measured (None): as before the functions checked
+    # for it, missing and full-credit values still score and anything else raises TypeError.
+    assert lower_credit(None, 1.0, None, min_band=1.25) == 0.0
+    assert lower_credit(0.5, 1.0, None, min_band=1.25) == 1.0
+    assert higher_credit(2.0, 1.0, None, min_band=1.25) == 1.0
+    with pytest.raises(TypeError):
+        lower_credit(1.5, 1.0, None, min_band=1.25)
+    with pytest.raises(TypeError):
+        higher_credit(0.5, 1.0, None, min_band=1.25)
+
+
 # --- a builder of the measure stage's real output ------------------------------------------------
 # Scoring is fed what grader/measure.py returns: a StudentMeasurement holding a Metrics with
 # ModelFigures per role. pydantic ignores an unknown keyword, so every record is built through

@@ -240,7 +240,8 @@ def _joined(value) -> str:
 
 def _parse_cell(cell: dict, index: int) -> ParsedCell:
     count = cell.get("execution_count")
-    outputs = cell.get("outputs") if isinstance(cell.get("outputs"), list) else []
+    raw_outputs = cell.get("outputs")
+    outputs = raw_outputs if isinstance(raw_outputs, list) else []
     items, errors, compared, digests = [], [], [], []
     for output in _merged_streams([o for o in outputs if isinstance(o, dict)]):
         item, compared_text, digest = _output_item(output)
@@ -293,7 +294,8 @@ def _output_item(output: dict) -> tuple[OutputItem | None, str, str]:
         text = _cap(f"{ename}: {evalue}", MAX_TEXT_CHARS)
         return OutputItem(kind="error", text=text), text, ""
     if kind in ("display_data", "execute_result", "update_display_data"):
-        data = output.get("data") if isinstance(output.get("data"), dict) else {}
+        raw_data = output.get("data")
+        data = raw_data if isinstance(raw_data, dict) else {}
         if "image/png" in data:
             return _png_item(data["image/png"])
         if "text/plain" in data:
@@ -360,10 +362,12 @@ def _cells(patterns: list[str], saved: ParsedNotebook | None, rerun: ParsedNoteb
             mine = saved_cells[position] if position < len(saved_cells) else None
             theirs = rerun_cells[position] if position < len(rerun_cells) else None
             cell = mine or theirs
+            if cell is None:  # not reached: position is below the longer list's length
+                continue
             if cell.index in shown:   # two patterns of one question on the same cell: shown once
                 continue
             shown.add(cell.index)
-            found.append(_cell_evidence(pattern, mine, theirs, saved, rerun, statuses.get(cell.index)))
+            found.append(_cell_evidence(pattern, cell, mine, theirs, saved, rerun, statuses.get(cell.index)))
     return found, unmatched
 
 
@@ -371,9 +375,9 @@ def _matching(notebook: ParsedNotebook | None, regex: re.Pattern) -> list[Parsed
     return [c for c in notebook.cells if regex.search(c.source)] if notebook else []
 
 
-def _cell_evidence(pattern: str, mine: ParsedCell | None, theirs: ParsedCell | None,
+def _cell_evidence(pattern: str, cell: ParsedCell, mine: ParsedCell | None, theirs: ParsedCell | None,
                    saved: ParsedNotebook | None, rerun: ParsedNotebook | None, status: str | None) -> CellEvidence:
-    cell = mine or theirs
+    """cell: the one shown, mine where the saved notebook has it, else theirs."""
     reasons = _differences(mine, theirs, saved, status) if saved is not None and rerun is not None else []
     return CellEvidence(
         pattern=pattern, index=cell.index, source=_cap(cell.source, MAX_SOURCE_CHARS),
@@ -472,13 +476,14 @@ def _numbers_agree(a: str, b: str) -> bool:
 def _execution_disorder(notebook: ParsedNotebook) -> str | None:
     """A saved notebook whose execution counts do not increase down the page was run out of
     order: what its outputs show may not follow from the code above them."""
-    previous: ParsedCell | None = None
+    previous: tuple[int, int] | None = None   # (index, execution count) of the last cell that ran
     for cell in notebook.cells:
-        if cell.execution_count is None:
+        count = cell.execution_count
+        if count is None:
             continue
-        if previous is not None and cell.execution_count <= previous.execution_count:
+        if previous is not None and count <= previous[1]:
             return (f"the saved notebook was run out of order (cell {cell.index} has execution count "
-                    f"{cell.execution_count}, after cell {previous.index}'s {previous.execution_count}): "
+                    f"{count}, after cell {previous[0]}'s {previous[1]}): "
                     "its saved outputs may be stale")
-        previous = cell
+        previous = (cell.index, count)
     return None
