@@ -105,6 +105,16 @@ def test_classify_shapes_flat_input_and_determinism(shipped, test_slice):
     assert shipped(images[:5]).shape == (5, 10)
 
 
+def test_cpu_batch_size_does_not_change_a_single_bit(shipped, test_slice):
+    """classify's CPU default (CPU_BATCH images a pass, for speed) gives what batches of
+    DEVICE_BATCH give: the figures of a run do not depend on the batch size chosen."""
+    images = test_slice[0][:1100]
+    default = classify(shipped, images)
+    large = classify(shipped, images, batch_size=classifier_module.DEVICE_BATCH)
+    assert classifier_module.CPU_BATCH < classifier_module.DEVICE_BATCH
+    assert torch.equal(default.probs, large.probs) and torch.equal(default.features, large.features)
+
+
 def test_inference_path_gives_the_modules_features_bit_for_bit(shipped, test_slice):
     """classify pools first (elementwise maxima, then batch norm and ReLU on the pooled values):
     the same bits as the modules' own forward, on real digits and on noisy blobs like a poor
