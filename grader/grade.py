@@ -21,6 +21,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 import time
 import unicodedata
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -126,6 +127,8 @@ class GradingContext:
     _reference_probes: dict[float | None, ProbeData] = field(default_factory=dict)
     _reference_figures: dict[float | None, ReferenceMeasurement] = field(default_factory=dict)
     marks: MarkStore | None = None     # OUT's marking database: answers synced as they are graded
+    # The two caches above are filled by a job and by the warm-up thread (warm_up): one at a time.
+    _reference_lock: threading.RLock = field(default_factory=threading.RLock)
 
     @property
     def parts(self) -> MeasuringParts:
@@ -153,12 +156,13 @@ class GradingContext:
         """The reference models' outputs, with the tuned model's trained at `beta`: the same
         function measures them as measures the students' rebuilt models."""
         tuned_beta, tuned = self.reference.vae_for(beta)
-        if tuned_beta not in self._reference_probes:
-            models = dict(self.reference.models)
-            if self.config.tuned_model is not None:
-                models[self.config.tuned_model.role] = tuned
-            self._reference_probes[tuned_beta] = probe_models(models, self.config, self.inputs)
-        return self._reference_probes[tuned_beta]
+        with self._reference_lock:
+            if tuned_beta not in self._reference_probes:
+                models = dict(self.reference.models)
+                if self.config.tuned_model is not None:
+                    models[self.config.tuned_model.role] = tuned
+                self._reference_probes[tuned_beta] = probe_models(models, self.config, self.inputs)
+            return self._reference_probes[tuned_beta]
 
     def reference_measurement(self, beta: float | None) -> ReferenceMeasurement:
         """The reference's figures and samples' captions with the tuned model at `beta`: measured
@@ -167,11 +171,12 @@ class GradingContext:
         from .reference_measured import cached_measurement, measurement_key
 
         tuned_beta, _ = self.reference.vae_for(beta)
-        if tuned_beta not in self._reference_figures:
-            key = measurement_key(self.reference.key, tuned_beta, self.config.digest, self.params)
-            self._reference_figures[tuned_beta] = cached_measurement(key, lambda: measure_reference(
-                self.reference_probe(beta), self.reference_probe(None), self.inputs, self.judge, self.config))
-        return self._reference_figures[tuned_beta]
+        with self._reference_lock:
+            if tuned_beta not in self._reference_figures:
+                key = measurement_key(self.reference.key, tuned_beta, self.config.digest, self.params)
+                self._reference_figures[tuned_beta] = cached_measurement(key, lambda: measure_reference(
+                    self.reference_probe(beta), self.reference_probe(None), self.inputs, self.judge, self.config))
+            return self._reference_figures[tuned_beta]
 
     def reference_figures(self, beta: float | None) -> dict[str, ModelFigures]:
         """The reference's figures with the tuned model at `beta`, computed once per β in a run."""
@@ -216,18 +221,39 @@ def prepare(options: GradeOptions, log: Log, defer: bool = False) -> GradingCont
     torch.set_num_threads(config.limits.threads)
     data_dir = ensure_mnist(options.data_dir, log=log)
     unit_inputs = make_unit_inputs(config, params)
-    measuring: Future[MeasuringParts]
-    if defer:
-        loader = ThreadPoolExecutor(1, thread_name_prefix="measuring-parts")
-        measuring = loader.submit(load_measuring_parts, config, params, data_dir, log)
-        loader.shutdown(wait=False)   # its one thread ends with its one task
-    else:
-        measuring = Future()
-        measuring.set_result(load_measuring_parts(config, params, data_dir, log))
+    measuring: Future[MeasuringParts] = Future()
     handout = config.path(config.assignment.handout)
     template = nbformat.read(handout, as_version=4) if handout.exists() else None
-    device = str(pick_device())
-    return GradingContext(config, params, data_dir, unit_inputs, measuring, device, template, options, log)
+    ctx = GradingContext(config, params, data_dir, unit_inputs, measuring, device=str(pick_device()),
+                         template=template, options=options, log=log)
+    if defer:
+        threading.Thread(target=_load_and_warm_up, args=(ctx,), name="measuring-parts", daemon=True).start()
+    else:
+        measuring.set_result(load_measuring_parts(config, params, data_dir, log))
+    return ctx
+
+
+def _load_and_warm_up(ctx: GradingContext) -> None:
+    """The loading thread: the measuring parts, then warm_up."""
+    try:
+        ctx.measuring.set_result(load_measuring_parts(ctx.config, ctx.params, ctx.data_dir, ctx.log))
+    except BaseException as exc:   # the job that waits for the parts raises it
+        ctx.measuring.set_exception(exc)
+        return
+    warm_up(ctx)
+
+
+def warm_up(ctx: GradingContext) -> None:
+    """What a worker's first evaluation would otherwise do after its kernel ended, done while the
+    kernel runs: the imports of measuring, figures and the PDF (matplotlib and WeasyPrint take
+    about a second each) and the reference's measurement with its own tuned β, the one most
+    students pick. A failure here only leaves the work to the job, which then reports it."""
+    try:
+        from . import measure, report, result_figures  # noqa: F401 -- imported for their import time
+
+        ctx.reference_measurement(None)
+    except Exception as exc:
+        ctx.log(f"warming up the worker: {type(exc).__name__}: {exc} (left to the first job)")
 
 
 # The grader's own files in OUT, next to the submissions' folders: no folder may take their names.
