@@ -91,14 +91,16 @@ def measure_model(probe: ProbeData, role: str, inputs: ProbeInputs, judge: Judge
     """Every figure of one model, and its samples' captions; raises ShapeError naming the first
     array that is wrong. Each image set is classified once."""
     n_test = len(inputs.test_x)
-    recon = as_images(probe.get(f"{role}.recon"), n_test, f"{role}.decode(encode(x))")
+    outputs = probe.models.get(role)
+    if outputs is None:
+        raise ShapeError(f"{role}.decode(encode(x)) was not produced")
+    recon = as_images(outputs.recon, n_test, f"{role}.decode(encode(x))")
     figures = ModelFigures(mse=metrics.mse_per_pixel(recon, inputs.test_x))
-    log_sigma = probe.get(f"{role}.log_sigma")
-    if log_sigma is not None:
-        mu = probe.get(f"{role}.z")
+    if outputs.log_sigma is not None:
+        mu, log_sigma = outputs.z, outputs.log_sigma
         figures.kl = float(metrics.kl_to_standard_normal(mu, log_sigma).mean())
         figures.elbo = float(metrics.elbo_per_image(recon, inputs.test_x, mu, log_sigma).mean())
-    samples = as_images(probe.get(f"{role}.samples"), len(inputs.prior_z), f"{role}.decode(z) of prior samples")
+    samples = as_images(outputs.samples, len(inputs.prior_z), f"{role}.decode(z) of prior samples")
     judged = judge.judge(samples)
     quality = metrics.sample_quality(judged.probs, confidence=judge.accept_confidence)
     figures.sample_confidence = quality.mean_confidence
@@ -107,7 +109,7 @@ def measure_model(probe: ProbeData, role: str, inputs: ProbeInputs, judge: Judge
     if check_memorisation and judge.bank is not None:
         figures.sample_memorised = metrics.memorised_share(samples, judge.bank, judge.memorised_distance)
     pairs, steps = len(inputs.interp_start), len(inputs.interp_alpha)
-    paths = as_images(probe.get(f"{role}.interp"), pairs * steps, f"{role} interpolation")
+    paths = as_images(outputs.interp, pairs * steps, f"{role} interpolation")
     probs = judge.judge(paths).probs
     interp = metrics.interpolation_quality(paths.reshape(pairs, steps, 1, 28, 28), probs, judge.accept_confidence)
     figures.interp_accept, figures.interp_smoothness = interp.accept, interp.smoothness

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from numpy.lib import format as npy_format
 
-from .config import AssignmentConfig
+from .config import AssignmentConfig, ModelKind
 
 WEIGHTS_FILE = "weights.npz"
 VALUES_FILE = "probe.json"
@@ -188,15 +188,30 @@ def load_export(workdir: Path, config: AssignmentConfig) -> KernelExport:
 
 
 @dataclass
-class ProbeData:
-    """Model outputs on the fixed inputs, by "role.what" (recon, z, log_sigma, samples, interp),
-    unit-check outputs by check ("kl_unit", "reparam_unit"), errors by part, plain values."""
+class ModelOutputs:
+    """One model's outputs on the fixed inputs (probe_model), as its kind's encode and decode
+    returned them: measure.py checks their shapes (a rebuilt model has the handout's, but its
+    weights may still give NaN)."""
 
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    recon: np.ndarray                      # [n_test, ...] decode(mu) of the test images
+    z: np.ndarray                          # [n_test, latent size] the code (a VAE's mu)
+    samples: np.ndarray                    # [n_samples, ...] decode of the prior samples
+    interp: np.ndarray                     # [pairs, steps, 784] decoded interpolation paths
+    log_sigma: np.ndarray | None = None    # [n_test, latent size], VAEs only
+
+
+@dataclass
+class ProbeData:
+    """Model outputs on the fixed inputs by role, unit-check outputs by check ("kl_unit",
+    "reparam_unit"), errors by part, plain values."""
+
+    models: dict[str, ModelOutputs] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)   # the unit checks' (grade.student_probe)
     errors: dict[str, str] = field(default_factory=dict)
     values: dict = field(default_factory=dict)
 
     def get(self, name: str) -> np.ndarray | None:
+        """A unit check's output array, None when the check produced none."""
         return self.arrays.get(name)
 
 
@@ -205,7 +220,7 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def probe_model(model: torch.nn.Module, kind: str, inputs: ProbeInputs) -> dict[str, np.ndarray]:
+def probe_model(model: torch.nn.Module, kind: ModelKind, inputs: ProbeInputs) -> ModelOutputs:
     """One model's outputs on the fixed inputs: reconstructions (decoding the code / mu), codes,
     prior samples, interpolation paths between codes."""
     model = model.eval()
@@ -215,17 +230,18 @@ def probe_model(model: torch.nn.Module, kind: str, inputs: ProbeInputs) -> dict[
         return (encoded[0], encoded[1]) if kind == "vae" else (encoded, None)
 
     mu, log_sigma = code_of(inputs.test_x)
-    out = {"recon": _numpy(model.decode(mu)), "z": _numpy(mu)}
-    if log_sigma is not None:
-        out["log_sigma"] = _numpy(log_sigma)
-    out["samples"] = _numpy(model.decode(torch.from_numpy(inputs.prior_z)))
     za, _ = code_of(inputs.interp_start)
     zb, _ = code_of(inputs.interp_end)
     alpha = torch.from_numpy(inputs.interp_alpha).view(1, -1, 1)
     path = za.unsqueeze(1) * (1 - alpha) + zb.unsqueeze(1) * alpha
     decoded = model.decode(path.reshape(-1, path.shape[-1]))
-    out["interp"] = _numpy(decoded).reshape(path.shape[0], path.shape[1], -1)
-    return out
+    return ModelOutputs(
+        recon=_numpy(model.decode(mu)),
+        z=_numpy(mu),
+        log_sigma=None if log_sigma is None else _numpy(log_sigma),
+        samples=_numpy(model.decode(torch.from_numpy(inputs.prior_z))),
+        interp=_numpy(decoded).reshape(path.shape[0], path.shape[1], -1),
+    )
 
 
 def probe_models(models: dict[str, torch.nn.Module], config: AssignmentConfig, inputs: ProbeInputs) -> ProbeData:
@@ -233,8 +249,7 @@ def probe_models(models: dict[str, torch.nn.Module], config: AssignmentConfig, i
     data = ProbeData()
     for role, model in models.items():
         try:
-            for what, array in probe_model(model, config.model(role).kind, inputs).items():
-                data.arrays[f"{role}.{what}"] = array
+            data.models[role] = probe_model(model, config.model(role).kind, inputs)
         except Exception as exc:  # the weights may be valid yet make a model that fails
             data.errors[role] = f"{type(exc).__name__}: {exc}"[:500]
     return data

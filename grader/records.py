@@ -1,6 +1,6 @@
 """Plain typed records the pipeline stages hand each other (and write as result.json).
 
-execute -> ExecutionResult; probe -> ProbeData (arrays, in grader/probe.py); measure ->
+execute -> ExecutionResult; probe -> ProbeData (ModelOutputs per role, in grader/probe.py); measure ->
 StudentMeasurement (Metrics, what could not be measured, the samples' captions); score ->
 CheckResult list; answers -> Answer list; grade -> SubmissionResult; report reads that and
 writes the class's ClassSummary (summary.json).

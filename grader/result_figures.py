@@ -1,4 +1,4 @@
-"""The PNGs a report shows, made from the probe's arrays (student) next to the reference's.
+"""The PNGs a report shows, made from the probe's model outputs (student) next to the reference's.
 
 Samples are captioned with the classifier's verdicts that measuring them produced (the
 student's in the measurement, the reference's once per β in the run); only the samples shown of
@@ -24,6 +24,16 @@ def _images(array: np.ndarray | None, count: int) -> np.ndarray | None:
     if array is None or array.size % 784 or array.size // 784 < count:
         return None
     return array.reshape(-1, 28, 28)[:count]
+
+
+def _recon(probe: ProbeData, role: str) -> np.ndarray | None:
+    outputs = probe.models.get(role)
+    return None if outputs is None else outputs.recon
+
+
+def _interp(probe: ProbeData, role: str) -> np.ndarray | None:
+    outputs = probe.models.get(role)
+    return None if outputs is None else outputs.interp
 
 
 def histories_for_figures(values: dict) -> TrainingHistories:
@@ -57,12 +67,14 @@ def write_figures(out: Path, ctx, student: ProbeData, reference: ProbeData, meas
     captions = {"student": measurement.captions,
                 "reference": ctx.reference_measurement(measurement.best_beta).captions}
     originals = ctx.inputs.test_x[:N_RECON].reshape(-1, 28, 28)
+    sides: tuple[tuple[FigureSide, ProbeData], ...] = (("student", student), ("reference", reference))
     for role in ctx.config.model_names():
-        mine = _images(student.get(f"{role}.recon"), N_RECON)
-        theirs = _images(reference.get(f"{role}.recon"), N_RECON)
+        mine = _images(_recon(student, role), N_RECON)
+        theirs = _images(_recon(reference, role), N_RECON)
         keep("reconstructions", role, figures.reconstructions_png(out / f"recon_{role}.png", originals, mine, theirs))
-        for side, probe in (("student", student), ("reference", reference)):
-            samples = _images(probe.get(f"{role}.samples"), N_SAMPLES)
+        for side, probe in sides:
+            outputs = probe.models.get(role)
+            samples = None if outputs is None else _images(outputs.samples, N_SAMPLES)
             if samples is None:
                 continue
             verdicts = _captions(captions[side], role, samples, ctx.judge)
@@ -70,8 +82,8 @@ def write_figures(out: Path, ctx, student: ProbeData, reference: ProbeData, meas
     steps = len(ctx.inputs.interp_alpha)
     interpolated = [role for check in ctx.config.checks if check.kind == "interpolation" for role in check.models]
     for role in dict.fromkeys(interpolated):
-        mine = _images(student.get(f"{role}.interp"), N_PATHS * steps)
-        theirs = _images(reference.get(f"{role}.interp"), N_PATHS * steps)
+        mine = _images(_interp(student, role), N_PATHS * steps)
+        theirs = _images(_interp(reference, role), N_PATHS * steps)
         if mine is None and theirs is None:
             continue
         rows = [None if a is None else a.reshape(N_PATHS, steps, 28, 28) for a in (mine, theirs)]

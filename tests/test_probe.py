@@ -127,10 +127,13 @@ def test_probe_models_gives_contract_shapes_on_the_graders_inputs():
     torch.manual_seed(0)
     data = probe_models({"ae": AutoEncoder(NZ), "vae_tuned": VAE(NZ)}, CONFIG, inputs)
     assert data.errors == {}
-    assert data.arrays["ae.recon"].shape == (len(inputs.test_x), 1, 28, 28)
-    assert data.arrays["vae_tuned.log_sigma"].shape == (len(inputs.test_x), NZ)
-    assert data.arrays["ae.interp"].shape == (CONFIG.probe.n_interp_pairs, CONFIG.probe.interp_steps, 784)
-    assert data.arrays["ae.samples"].shape == (CONFIG.probe.n_samples, 1, 28, 28)
+    assert data.models["ae"].recon.shape == (len(inputs.test_x), 1, 28, 28)
+    assert data.models["ae"].log_sigma is None                    # an autoencoder has none
+    log_sigma = data.models["vae_tuned"].log_sigma
+    assert log_sigma is not None and log_sigma.shape == (len(inputs.test_x), NZ)
+    assert data.models["ae"].interp.shape == (CONFIG.probe.n_interp_pairs, CONFIG.probe.interp_steps, 784)
+    assert data.models["ae"].samples.shape == (CONFIG.probe.n_samples, 1, 28, 28)
+    assert data.arrays == {}                                      # only the unit checks' arrays go there
     assert inputs.start_label == PARAMS["START_LABEL"]
 
 
