@@ -22,7 +22,6 @@ import base64
 import csv
 import hashlib
 import io
-import math
 import re
 import statistics
 from datetime import datetime
@@ -63,7 +62,7 @@ from .records import (
     SubmissionRow,
     WrittenPoints,
 )
-from .text import format_decimal, strip_ansi
+from .text import format_decimal, format_quantity, strip_ansi
 
 REPORT_TEMPLATE = "report.html.j2"
 SUMMARY_TEMPLATE = "summary.html.j2"
@@ -147,15 +146,8 @@ class DataOnlyFetcher(URLFetcher):
 
 
 def fmt_number(value: float | int | None, digits: int = 4) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if not math.isfinite(value):
-        return str(value)
-    if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
-        return f"{value:.2e}"
-    return f"{value:.{digits}g}"
+    """A measured number in the PDF and the marking page (the `num` filter)."""
+    return format_quantity(value, digits)
 
 
 def fmt_points(value: float) -> str:

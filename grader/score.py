@@ -24,6 +24,7 @@ from .config import (
     SampleQualityCheck,
 )
 from .records import CheckReason, CheckResult, Measurement, ModelFigures
+from .text import format_quantity
 
 
 def linear_credit(value: float, full_at: float, zero_at: float) -> float:
@@ -81,11 +82,9 @@ def _known(value: float | None, what: str) -> float:
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
-    if value is None:
-        return "n/a"
-    if value != 0 and (abs(value) >= 1e4 or abs(value) < 1e-3):
-        return f"{value:.2e}"
-    return f"{value:.{digits}g}"
+    # "n/a" and exponent form from 1e4 up, not the report's "—" and 1e5: the messages' style before
+    # the formatter was shared, kept so that re-grading writes the messages it wrote before.
+    return format_quantity(value, digits, missing="n/a", exponent_from=1e4)
 
 
 def _result(check: CheckSpec, share: float, message: str, band: str = "", reason: CheckReason = "measured",

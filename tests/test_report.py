@@ -13,7 +13,7 @@ import pytest
 import weasyprint
 from pypdf import PdfReader
 
-from grader import figures
+from grader import figures, reference, score, text
 from grader.config import load_config
 from grader.mathtext import markdown_to_html, tex_to_svg
 from grader.records import (
@@ -36,6 +36,7 @@ from grader.report import (
     build_report_html,
     build_summary,
     failure_section,
+    fmt_number,
     html_to_pdf,
     load_result,
     render_report,
@@ -527,3 +528,32 @@ def test_figures_are_deterministic_pngs_without_software_metadata(tmp_path):
     assert not (tmp_path / "none.png").exists()
     histogram = figures.score_histogram_png(tmp_path / "h.png", [0.0, 3.5, 18.0], 18.0)
     assert histogram.read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_three_number_formatters_are_one():
+    # Outputs of report.fmt_number, score._fmt and reference._fmt as each wrote them before they
+    # shared text.format_quantity: (value, report, score's messages, reference table at .4f / .1f).
+    inf, nan = float("inf"), float("nan")
+    expected = [
+        (None, "—", "n/a", "-", "-"),
+        (0, "0", "0", "0.0000", "0.0"),
+        (5, "5", "5", "5.0000", "5.0"),
+        (-3, "-3", "-3", "-3.0000", "-3.0"),
+        (12345, "1.234e+04", "1.23e+04", "12345.0000", "12345.0"),
+        (-0.0, "-0", "-0", "-0.0000", "-0.0"),
+        (0.1234567, "0.1235", "0.1235", "0.1235", "0.1"),
+        (0.001, "0.001", "0.001", "0.0010", "0.0"),
+        (9.99e-4, "9.99e-04", "9.99e-04", "0.0010", "0.0"),
+        (-2.5e-5, "-2.50e-05", "-2.50e-05", "-0.0000", "-0.0"),
+        (1234.5678, "1235", "1235", "1234.5678", "1234.6"),
+        (99999.4, "1e+05", "1.00e+05", "99999.4000", "99999.4"),
+        (123456.7, "1.23e+05", "1.23e+05", "123456.7000", "123456.7"),
+        (-inf, "-inf", "-inf", "-", "-"),
+        (nan, "nan", "nan", "-", "-"),
+    ]
+    for value, in_report, in_messages, at_4f, at_1f in expected:
+        assert fmt_number(value) == text.format_quantity(value) == in_report, value
+        assert score._fmt(value) == in_messages, value
+        assert reference._fmt(value, ".4f") == at_4f and reference._fmt(value, ".1f") == at_1f, value
+    assert fmt_number(0.1234567, 3) == score._fmt(0.1234567, 3) == "0.123"
+    assert fmt_number(True) == "True" and fmt_number("x") == "x"   # the `num` filter's other inputs
