@@ -24,14 +24,17 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import filelock
 import numpy as np
-import torch
 
 from grader import atomic
 from grader.errors import DataError
 from grader.paths import default_data_dir
+
+if TYPE_CHECKING:   # provisioning needs no torch (a worker starts its kernel before torch loads)
+    import torch
 
 Log = Callable[[str], None]
 
@@ -394,6 +397,8 @@ def _read_idx(path: Path, magic: int, dims: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=4)
 def _load_cached(data_dir: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
     ensure_mnist(data_dir)
     prefix = "train" if train else "t10k"
     raw = raw_dir(data_dir)

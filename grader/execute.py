@@ -39,6 +39,7 @@ from . import atomic
 from .config import AssignmentConfig
 from .devices import Slot, setup_code
 from .errors import GraderError
+from .exporting import VALUES_FILE, WEIGHTS_FILE
 from .hints import hint_for
 from .inject import (
     inject_parameters,
@@ -47,7 +48,6 @@ from .inject import (
     placement_warning,
     without_injected,
 )
-from .probe import VALUES_FILE, WEIGHTS_FILE
 from .records import CellRun, CellStatus, ExecutionResult, Status
 from .sandbox import Sandbox, SandboxedKernelManager, SandboxError, remove_tree
 from .text import strip_ansi

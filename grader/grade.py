@@ -38,15 +38,16 @@ from .config import AssignmentConfig, load_config
 from .devices import Slot
 from .errors import GraderError
 from .execute import EXECUTED_NOTEBOOK
+from .exporting import VALUES_FILE, WEIGHTS_FILE
 from .marking.store import DB_NAME, MarkStore
-from .probe import VALUES_FILE, WEIGHTS_FILE, KernelExport, ProbeData, ProbeInputs, export_code, load_export, probe_models
 from .records import Answer, ExecutionResult, Mark, ModelFigures, RubricItem, SubmissionResult
 from .score import score_checks, totals
-from .unitcheck import UnitInputs, UnitResult
 
-if TYPE_CHECKING:  # types only: prepare() imports them in the workers, the main process never needs them
+if TYPE_CHECKING:  # types only: the torch-using modules load in a worker's thread while its kernel runs (prepare)
     from .measure import Judge, ReferenceMeasurement
+    from .probe import ProbeData, ProbeInputs
     from .reference import ReferenceSet
+    from .unitcheck import UnitInputs, UnitResult
 
 # What may be copied out of a scratch directory, and how big each may be (bytes).
 MAX_EXECUTED_BYTES = 100 << 20
@@ -108,6 +109,7 @@ class MeasuringParts:
     inputs: ProbeInputs                # model inputs; they never leave the grader's process
     judge: Judge                       # the classifier, the test set's statistics, the image bank
     reference: ReferenceSet            # the reference models at the run's parameters
+    device: str                        # where the grader runs models: a GPU where there is one
 
 
 @dataclass
@@ -120,7 +122,6 @@ class GradingContext:
     data_dir: Path
     unit_inputs: UnitInputs            # inputs of the KL / reparameterize unit checks
     measuring: Future[MeasuringParts]
-    device: str
     template: nbformat.NotebookNode | None
     options: GradeOptions
     log: Log = print
@@ -148,6 +149,10 @@ class GradingContext:
         return self.parts.reference
 
     @property
+    def device(self) -> str:
+        return self.parts.device
+
+    @property
     def overrides(self) -> dict:
         """The parameters that differ from the config's defaults (what the report calls reduced)."""
         return run_overrides(self.config, self.params)
@@ -155,6 +160,8 @@ class GradingContext:
     def reference_probe(self, beta: float | None) -> ProbeData:
         """The reference models' outputs, with the tuned model's trained at `beta`: the same
         function measures them as measures the students' rebuilt models."""
+        from .probe import probe_models
+
         tuned_beta, tuned = self.reference.vae_for(beta)
         with self._reference_lock:
             if tuned_beta not in self._reference_probes:
@@ -187,6 +194,8 @@ def load_measuring_parts(config: AssignmentConfig, params: dict, data_dir: Path,
     """MNIST, the probe's inputs, the classifier and its judge, the reference set: all from the cache."""
     import torch
 
+    torch.set_num_threads(config.limits.threads)   # before its first operation: the process's setting
+
     from .classifier import load_configured_classifier
     from .data import load_mnist
     from .measure import Judge
@@ -203,29 +212,25 @@ def load_measuring_parts(config: AssignmentConfig, params: dict, data_dir: Path,
     judge = Judge.build(classifier, test_x, config.probe.accept_confidence, config.probe.memorised_distance,
                         real_images=torch.cat([train_x, test_x]))
     reference = build_reference(config, params, log=log)
-    return MeasuringParts(inputs, judge, reference)
+    return MeasuringParts(inputs, judge, reference, str(pick_device()))
 
 
 def prepare(options: GradeOptions, log: Log, defer: bool = False) -> GradingContext:
     """A run's GradingContext. defer: load the measuring parts in a thread and return at once, so
     that they load while the first notebook runs (a worker's first job then waits only for what
-    the kernel's run did not hide); otherwise they are loaded before this returns."""
-    import torch
-
+    the kernel's run did not hide); otherwise they are loaded before this returns. Nothing here
+    imports torch (3 s): the thread does."""
     from .data import ensure_mnist
-    from .models import pick_device
     from .unitcheck import make_unit_inputs
 
     config = load_config(options.config_path)
     params = config.resolve_parameters(options.overrides, options.preset)
-    torch.set_num_threads(config.limits.threads)
     data_dir = ensure_mnist(options.data_dir, log=log)
     unit_inputs = make_unit_inputs(config, params)
     measuring: Future[MeasuringParts] = Future()
     handout = config.path(config.assignment.handout)
     template = nbformat.read(handout, as_version=4) if handout.exists() else None
-    ctx = GradingContext(config, params, data_dir, unit_inputs, measuring, device=str(pick_device()),
-                         template=template, options=options, log=log)
+    ctx = GradingContext(config, params, data_dir, unit_inputs, measuring, template=template, options=options, log=log)
     if defer:
         threading.Thread(target=_load_and_warm_up, args=(ctx,), name="measuring-parts", daemon=True).start()
     else:
@@ -249,9 +254,12 @@ def warm_up(ctx: GradingContext) -> None:
     about a second each) and the reference's measurement with its own tuned β, the one most
     students pick. A failure here only leaves the work to the job, which then reports it."""
     try:
-        from . import measure, report, result_figures  # noqa: F401 -- imported for their import time
+        from . import figures, measure, report, result_figures  # noqa: F401 -- imported for their import time
 
         ctx.reference_measurement(None)
+        with tempfile.TemporaryDirectory(prefix="grader.warm-up-") as scratch:   # matplotlib's fonts and caches
+            history = [{"epoch": 1, "rec": 2.0, "kl": 1.0}, {"epoch": 2, "rec": 1.0, "kl": 0.5}]
+            figures.training_curves_png(Path(scratch) / "curves.png", {"ae": history, "vae": {"1": history}})
     except Exception as exc:
         ctx.log(f"warming up the worker: {type(exc).__name__}: {exc} (left to the first job)")
 
@@ -336,6 +344,7 @@ def run_execution(ctx: GradingContext, notebook: Path, out: Path, key: str | Non
     (None: the CPU)."""
     from . import sandbox
     from .execute import execute_notebook
+    from .exporting import export_code
 
     if invalid is not None:
         return ExecutionResult(status="invalid", errors=[invalid])
@@ -410,7 +419,7 @@ def _take_out_of_scratch(ctx: GradingContext, scratch: Path, out: Path, result: 
 
 def _unit_checks(ctx: GradingContext, notebook: Path) -> UnitResult:
     from .execute import NotebookInvalid, read_notebook
-    from .unitcheck import run_unit_checks
+    from .unitcheck import UnitResult, run_unit_checks
 
     try:
         nb = read_notebook(notebook)
@@ -422,6 +431,8 @@ def _unit_checks(ctx: GradingContext, notebook: Path) -> UnitResult:
 def student_probe(ctx: GradingContext, out: Path, execution: ExecutionResult) -> tuple[ProbeData, list[str]]:
     """The student's models, rebuilt from their weights in the grader's architecture and run here,
     plus the unit checks' outputs; the notes say how weights were matched."""
+    from .probe import KernelExport, load_export, probe_models
+    from .unitcheck import UnitResult
     from .weights import rebuild_models
 
     if execution.probe_file:

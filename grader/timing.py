@@ -70,8 +70,8 @@ def time_solution(options) -> SolutionTiming:
     """The job that measures: run the solution like a submission, in a worker process."""
     from . import sandbox
     from .execute import execute_notebook
+    from .exporting import export_code
     from .grade import worker_context
-    from .probe import export_code
 
     ctx = worker_context(options)
     solution = ctx.config.path(ctx.config.assignment.solution)

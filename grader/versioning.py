@@ -18,7 +18,7 @@ TEMPLATES_DIR = PACKAGE_DIR.parent / "templates"
 # What can change a kernel's run and what the grader takes out of it: the modules that drive and
 # confine the kernel, the code sent into it (kernel_export.py goes in as text, so no import finds
 # it), and every grader module they import (tests/test_versioning.py checks that closure).
-EXECUTION_SOURCES = ("sandbox.py", "execute.py", "inject.py", "probe.py", "kernel_export.py", "unitcheck.py",
+EXECUTION_SOURCES = ("sandbox.py", "execute.py", "inject.py", "probe.py", "exporting.py", "kernel_export.py", "unitcheck.py",
                      "config.py", "hints.py", "records.py", "devices.py", "text.py", "atomic.py", "errors.py",
                      "paths.py")
 # What can change the measured numbers, the points and the figures: every module of the package
