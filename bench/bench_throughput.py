@@ -9,7 +9,8 @@ the grader's kernels run), the same injected parameters, no sandbox, probe, meas
 Grading: the `grader grade` command into a fresh output folder (every notebook executed and
 graded; the reference set and the classifier's caches warmed first, untimed). Prints the
 seconds, the ratio grade / bare (goal <= 1.05, must be <= 1.15) and, unless --no-single, the
-speed-up of --workers W over --workers 1 (goal >= 1.7x for W=2 on 2 cores).
+speed-up of --workers W over --workers 1 (goal >= 1.7x for W=2 on 2 cores); --bare-single adds bare
+nbclient with one process, the speed-up the machine itself gives two kernels (the grader's ceiling).
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--preset", default="quick", choices=["quick", "smoke"])
     parser.add_argument("--no-single", action="store_true", help="skip the --workers 1 run (the speed-up)")
+    parser.add_argument("--bare-single", action="store_true",
+                        help="also bare nbclient with 1 process: the machine's own speed-up, the grader's ceiling")
     args = parser.parse_args()
     config = load_config()
     params = config.resolve_parameters(preset=args.preset)
@@ -99,6 +102,10 @@ def main() -> None:
             single = grade_batch(folder, 1, args.preset)
             print(f"grader grade --workers 1: {single:.1f} s")
             print(f"speed-up --workers {args.workers} over --workers 1: {single / graded:.2f}x (goal >= 1.7x)")
+        if args.bare_single:
+            alone = bare_batch(sorted(folder.iterdir()), 1, params, data_dir)
+            print(f"bare nbclient, 1 process: {alone:.1f} s; the machine's own speed-up at {args.workers} "
+                  f"processes: {alone / bare:.2f}x")
 
 
 if __name__ == "__main__":
