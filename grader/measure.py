@@ -239,9 +239,12 @@ def measure(
     anchor = config.model(config.assessable.model)
     anchor_mse = reference_figures[anchor.role].mse
     ratio = config.assessable.max_reference_mse_ratio
-    assessable = anchor_mse < ratio * mean_image_mse
+    if anchor_mse is None:   # a reference that diverged: its NaN figures are kept as None
+        assessable, shown = False, "no finite MSE"
+    else:
+        assessable, shown = anchor_mse < ratio * mean_image_mse, f"MSE {anchor_mse:.4f}"
     reason = (
-        f"the reference model ({anchor.label}) reconstructs at MSE {anchor_mse:.4f}, not below {ratio:g} x the "
+        f"the reference model ({anchor.label}) reconstructs at {shown}, not below {ratio:g} x the "
         f"mean image's {mean_image_mse:.4f}, so good and broken models cannot be told apart"
     )
     return StudentMeasurement(

@@ -30,6 +30,46 @@ def reparameterize(mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
     return mu + torch.exp(log_sigma) * torch.randn_like(mu)
 
 
+# The architecture's classes are nn.Modules with encode and decode methods (the config names
+# them); these calls check what each returns, so that the rest is typed and a wrong class fails
+# with its name rather than deep in a loss.
+
+
+def _call(model: nn.Module, method: str, value: torch.Tensor) -> object:
+    function = getattr(model, method, None)
+    if not callable(function):
+        raise TypeError(f"{type(model).__name__} has no {method} method")
+    return function(value)
+
+
+def encode_ae(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """An autoencoder's code of `x`: its encode returns one tensor."""
+    code = _call(model, "encode", x)
+    if not isinstance(code, torch.Tensor):
+        raise TypeError(f"{type(model).__name__}.encode returned {type(code).__name__}, not a tensor")
+    return code
+
+
+def encode_vae(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A VAE's (mu, log_sigma) of `x`: its encode returns the two tensors first."""
+    encoded = _call(model, "encode", x)
+    if not isinstance(encoded, (tuple, list)) or len(encoded) < 2:
+        raise TypeError(f"{type(model).__name__}.encode returned {type(encoded).__name__}, not (mu, log_sigma)")
+    mu, log_sigma = encoded[0], encoded[1]
+    if not isinstance(mu, torch.Tensor) or not isinstance(log_sigma, torch.Tensor):
+        raise TypeError(f"{type(model).__name__}.encode returned ({type(mu).__name__}, {type(log_sigma).__name__}), "
+                        "not two tensors")
+    return mu, log_sigma
+
+
+def decode(model: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """The model's decoding of codes `z`."""
+    decoded = _call(model, "decode", z)
+    if not isinstance(decoded, torch.Tensor):
+        raise TypeError(f"{type(model).__name__}.decode returned {type(decoded).__name__}, not a tensor")
+    return decoded
+
+
 @dataclass
 class TrainSettings:
     nz: int
@@ -80,11 +120,11 @@ def train_model(
         for index in shuffled_batches(len(images), settings.batch_size, generator):
             x = images[index.to(images.device)]
             if beta is None:
-                rec, kl = reconstruction_loss(model.decode(model.encode(x)), x), torch.zeros(len(x), device=x.device)
+                rec, kl = reconstruction_loss(decode(model, encode_ae(model, x)), x), torch.zeros(len(x), device=x.device)
                 loss = rec.mean()
             else:
-                mu, log_sigma = model.encode(x)
-                x_hat = model.decode(reparameterize(mu, log_sigma))
+                mu, log_sigma = encode_vae(model, x)
+                x_hat = decode(model, reparameterize(mu, log_sigma))
                 rec, kl = reconstruction_loss(x_hat, x), kl_divergence(mu, log_sigma)
                 loss = (rec + beta * kl).mean()
             optimizer.zero_grad(set_to_none=True)

@@ -19,12 +19,14 @@ import zipfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from numpy.lib import format as npy_format
 
 from .config import AssignmentConfig, ModelKind
+from .models import decode, encode_ae, encode_vae
 
 WEIGHTS_FILE = "weights.npz"
 VALUES_FILE = "probe.json"
@@ -157,7 +159,7 @@ def read_npz_bounded(path: Path, max_bytes: int) -> dict[str, np.ndarray]:
                 if count * dtype.itemsize > info.file_size:
                     raise ExportTooLarge(f"{info.filename}: its header claims more data than it holds")
                 data = np.frombuffer(member.read(count * dtype.itemsize), dtype=dtype, count=count)
-                order = "F" if fortran else "C"
+                order: Literal["C", "F"] = "F" if fortran else "C"
                 arrays[info.filename.removesuffix(".npy")] = data.reshape(shape, order=order).copy()  # writable
     return arrays
 
@@ -226,20 +228,21 @@ def probe_model(model: torch.nn.Module, kind: ModelKind, inputs: ProbeInputs) ->
     model = model.eval()
 
     def code_of(x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
-        encoded = model.encode(torch.from_numpy(x))
-        return (encoded[0], encoded[1]) if kind == "vae" else (encoded, None)
+        if kind == "vae":
+            return encode_vae(model, torch.from_numpy(x))
+        return encode_ae(model, torch.from_numpy(x)), None
 
     mu, log_sigma = code_of(inputs.test_x)
     za, _ = code_of(inputs.interp_start)
     zb, _ = code_of(inputs.interp_end)
     alpha = torch.from_numpy(inputs.interp_alpha).view(1, -1, 1)
     path = za.unsqueeze(1) * (1 - alpha) + zb.unsqueeze(1) * alpha
-    decoded = model.decode(path.reshape(-1, path.shape[-1]))
+    decoded = decode(model, path.reshape(-1, path.shape[-1]))
     return ModelOutputs(
-        recon=_numpy(model.decode(mu)),
+        recon=_numpy(decode(model, mu)),
         z=_numpy(mu),
         log_sigma=None if log_sigma is None else _numpy(log_sigma),
-        samples=_numpy(model.decode(torch.from_numpy(inputs.prior_z))),
+        samples=_numpy(decode(model, torch.from_numpy(inputs.prior_z))),
         interp=_numpy(decoded).reshape(path.shape[0], path.shape[1], -1),
     )
 

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import filelock
 import torch
@@ -34,8 +34,11 @@ from torch import nn
 from . import atomic, metrics, models, paths
 from .config import AssignmentConfig, ModelKind, ParamValue
 from .errors import ConfigError
-from .models import TrainedModel, TrainSettings, pick_device, train_model
+from .models import TrainedModel, TrainSettings, decode, encode_ae, encode_vae, pick_device, train_model
 from .records import ModelFigures
+
+if TYPE_CHECKING:  # classifier.py is imported where it is used: building a set from the cache needs none of it
+    from .classifier import MnistClassifier
 
 Log = Callable[[str], None]
 
@@ -301,12 +304,17 @@ def _runs(config: AssignmentConfig) -> list[tuple[str, float | None]]:
 def select_betas(config: AssignmentConfig, fids: dict[float, float | None]) -> tuple[float, list[float]]:
     """(best beta, good betas) of the sweep from its Fréchet distances; missing or NaN = worst."""
     sweep = [float(b) for b in config.reference.beta_sweep]
-    score = {b: fids.get(b) if fids.get(b) is not None and math.isfinite(fids[b]) else math.inf for b in sweep}
+    score = {b: _rankable(fids.get(b)) for b in sweep}
     best = min(sweep, key=lambda b: score[b])     # ties: the first listed
     if not math.isfinite(score[best]):
         return best, []
     limit = config.reference.good_beta_fid_factor * score[best]
     return best, sorted(b for b in sweep if score[b] <= limit)
+
+
+def _rankable(fid: float | None) -> float:
+    """A Fréchet distance to rank by: a missing or NaN one ranks last."""
+    return fid if fid is not None and math.isfinite(fid) else math.inf
 
 
 # --- evaluation ---------------------------------------------------------------------------------
@@ -319,12 +327,12 @@ class _Evaluation:
     test_x: torch.Tensor
     test_stats: metrics.FeatureStats
     prior_z: torch.Tensor
-    classifier: torch.nn.Module
+    classifier: MnistClassifier
     device: torch.device
     confidence: float                 # a sample counts as confident from this max probability
 
 
-def feature_stats_of_test_set(classifier: torch.nn.Module, test_x: torch.Tensor) -> metrics.FeatureStats:
+def feature_stats_of_test_set(classifier: MnistClassifier, test_x: torch.Tensor) -> metrics.FeatureStats:
     """Classifier feature statistics of the test images: the Fréchet target, computed once per
     classifier and image set and kept in the per-user cache (classifying 10 000 images is most
     of a build's evaluation time, and was most of every grading run's start, on the CPU)."""
@@ -348,16 +356,16 @@ def _model_figures(model: nn.Module, kind: ModelKind, ev: _Evaluation) -> ModelF
 
     model = model.to(ev.device).eval()
     if kind == "vae":
-        codes = _in_batches(lambda x: torch.cat(model.encode(x), dim=1), ev.test_x, ev.device)
+        codes = _in_batches(lambda x: torch.cat(encode_vae(model, x), dim=1), ev.test_x, ev.device)
         mu, log_sigma = codes.chunk(2, dim=1)
     else:
-        mu, log_sigma = _in_batches(model.encode, ev.test_x, ev.device), None
-    recon = _in_batches(model.decode, mu, ev.device)
+        mu, log_sigma = _in_batches(lambda x: encode_ae(model, x), ev.test_x, ev.device), None
+    recon = _in_batches(lambda z: decode(model, z), mu, ev.device)
     figures = ModelFigures(mse=metrics.mse_per_pixel(recon, ev.test_x))
     if log_sigma is not None:
         figures.kl = metrics.kl_to_standard_normal(mu, log_sigma).mean().item()
         figures.elbo = metrics.elbo_per_image(recon, ev.test_x, mu, log_sigma).mean().item()
-    samples = _in_batches(model.decode, ev.prior_z, ev.device)
+    samples = _in_batches(lambda z: decode(model, z), ev.prior_z, ev.device)
     model.cpu()
     if not torch.isfinite(samples).all():
         return _finite(figures)                         # a diverged model: no sample figures
@@ -459,7 +467,7 @@ def _assemble(
     )
 
 
-def _save_entry(entry: Path, meta: dict, states: dict[str, dict[str, torch.Tensor]]) -> None:
+def _save_entry(entry: Path, meta: dict, states: Mapping[str, dict[str, torch.Tensor] | torch.Tensor]) -> None:
     """Write the entry as one folder: readers see all of it or none."""
     buffer = io.BytesIO()
     torch.save(states, buffer)
@@ -477,10 +485,11 @@ def _train_and_measure(
     params: dict[str, ParamValue],
     key_inputs: dict,
     device: torch.device,
-    classifier: torch.nn.Module,
+    classifier: MnistClassifier,
     data_dir: Path | None,
     log: Log,
-) -> tuple[dict, dict[str, dict[str, torch.Tensor]], dict[str, nn.Module]]:
+) -> tuple[dict, dict[str, dict[str, torch.Tensor]], dict[str, nn.Module], torch.Tensor]:
+    """(metadata, state dicts and models by run name, the mean training image) of a new set."""
     from .data import load_mnist
 
     settings = reference_params(config, params)
@@ -538,8 +547,7 @@ def _train_and_measure(
         "train_seconds": seconds,
     }
     states = {name: {k: v.detach().cpu() for k, v in t.model.state_dict().items()} for name, t in trained.items()}
-    states["mean_image"] = mean_image.clone()
-    return meta, states, {name: t.model for name, t in trained.items()}
+    return meta, states, {name: t.model for name, t in trained.items()}, mean_image.clone()
 
 
 def build_reference(
@@ -550,7 +558,7 @@ def build_reference(
     log: Log = print,
     *,
     data_dir: Path | None = None,
-    classifier: torch.nn.Module | None = None,
+    classifier: MnistClassifier | None = None,
 ) -> ReferenceSet:
     """The reference set for `params`, from the cache or trained (and cached) now.
 
@@ -583,12 +591,12 @@ def build_reference(
             from .classifier import load_configured_classifier
 
             judge = load_configured_classifier(config)
-        meta, states, by_name = _train_and_measure(config, params, key_inputs, device, judge, data_dir, log)
-        _save_entry(entry, meta, states)
+        meta, states, by_name, mean_image = _train_and_measure(config, params, key_inputs, device, judge, data_dir, log)
+        _save_entry(entry, meta, {**states, "mean_image": mean_image})   # as _load_entry reads it
         log(f"reference: saved {entry}")
         for model in by_name.values():
             model.eval()
-        return _assemble(config, key, meta, by_name, states["mean_image"], path=entry, cache_hit=False)
+        return _assemble(config, key, meta, by_name, mean_image, path=entry, cache_hit=False)
 
     return paths.compute_once(root / f"{key}.lock", cached, train)
 
@@ -640,9 +648,10 @@ def format_reference_table(ref: ReferenceSet) -> str:
         note = f"best: {ref.tuned_role}" if beta == ref.best_beta else ("good" if beta in ref.good_betas else "")
         row("sweep", _beta_name(beta), beta, figures, note)
     table.add_row("mean image", "-", _fmt(ref.mean_image_mse, ".4f"), *["-"] * 5, "floor", "")
-    console = Console(file=io.StringIO(), width=120, color_system=None, force_terminal=False)
+    text = io.StringIO()
+    console = Console(file=text, width=120, color_system=None, force_terminal=False)
     console.print(table)
     total = sum(ref.train_seconds.values())
     footer = f"best beta {ref.best_beta:g}; good betas {', '.join(f'{b:g}' for b in ref.good_betas) or 'none'}"
     footer += f"; training {total:.0f} s; key {ref.key[:12]}"
-    return console.file.getvalue().rstrip() + "\n" + footer + "\n"
+    return text.getvalue().rstrip() + "\n" + footer + "\n"

@@ -126,8 +126,11 @@ def _bound_names(node: ast.stmt) -> set[str] | None:
         return {(alias.asname or alias.name).split(".")[0] for alias in node.names}
     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
         return {node.name}
-    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-    return {t.id for t in targets if isinstance(t, ast.Name)}
+    if isinstance(node, ast.Assign):
+        return {t.id for t in node.targets if isinstance(t, ast.Name)}
+    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+        return {node.target.id}
+    return set()   # kept statements are the definitions above and constant assignments
 
 
 def _used_names(node: ast.stmt) -> set[str]:
@@ -144,7 +147,8 @@ def _needed(nodes: list[ast.stmt], roots: set[str]) -> list[bool]:
     while changed:
         changed = False
         for i, node in enumerate(nodes):
-            if not keep[i] and (bound[i] is None or bound[i] & needed):
+            names = bound[i]
+            if not keep[i] and (names is None or names & needed):
                 keep[i], changed = True, True
                 needed |= _used_names(node)
     return keep
