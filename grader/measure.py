@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import metrics
-from .classifier import MnistClassifier, classify
+from .classifier import ClassifierOutput, MnistClassifier, classify
 from .config import AssignmentConfig
 from .probe import ProbeData, ProbeInputs
 from .records import (
@@ -30,6 +30,7 @@ from .score import BEST
 from .unitcheck import UnitInputs
 
 IMAGE_SIZE = 28 * 28
+Batch = np.ndarray | torch.Tensor   # what the metrics take: the probe's arrays, the reference's tensors
 
 
 class ShapeError(ValueError):
@@ -57,7 +58,7 @@ class Judge:
         return cls(classifier, feature_stats_of_test_set(classifier, test_images), accept_confidence,
                    memorised_distance, bank)
 
-    def judge(self, images: np.ndarray):
+    def judge(self, images: np.ndarray) -> ClassifierOutput:
         return classify(self.classifier, torch.from_numpy(images).reshape(-1, 1, 28, 28))
 
 
@@ -71,6 +72,35 @@ def as_images(array: np.ndarray | None, rows: int, what: str) -> np.ndarray:
     if not np.isfinite(images).all():
         raise ShapeError(f"{what} contains NaN or infinite values")
     return images
+
+
+# --- the figures a student's model and a reference model share ---------------------------------
+# One path for both: measure_model (a student's rebuilt model, or the reference's at a student's
+# β, on the probe's inputs) and reference._model_figures (every reference model on the full test
+# set, which ranks the β sweep) call these.
+
+
+def reconstruction_figures(recon: Batch, x: Batch, mu: Batch, log_sigma: Batch | None) -> ModelFigures:
+    """MSE per pixel of the reconstructions `recon` of `x`; with `log_sigma` (a VAE) the KL to the
+    prior and the ELBO per image, averaged, where `recon` decodes the mean code `mu`."""
+    figures = ModelFigures(mse=metrics.mse_per_pixel(recon, x))
+    if log_sigma is not None:
+        figures.kl = float(metrics.kl_to_standard_normal(mu, log_sigma).mean())
+        figures.elbo = float(metrics.elbo_per_image(recon, x, mu, log_sigma).mean())
+    return figures
+
+
+def measure_samples(figures: ModelFigures, samples: torch.Tensor, classifier: MnistClassifier,
+                    test_stats: metrics.FeatureStats, accept_confidence: float) -> ClassifierOutput:
+    """Sets the prior samples' figures in `figures`: mean confidence and class coverage from the
+    classifier's probabilities, the Fréchet distance of its features to the test set's; returns
+    that classification (the samples' captions, once)."""
+    judged = classify(classifier, samples)
+    quality = metrics.sample_quality(judged.probs, confidence=accept_confidence)
+    figures.sample_confidence = quality.mean_confidence
+    figures.sample_coverage = quality.coverage
+    figures.sample_fid = metrics.frechet_distance_from_stats(metrics.feature_stats(judged.features), test_stats)
+    return judged
 
 
 def endpoint_share(probs: torch.Tensor, pairs: int, steps: int, start_label: int, end_label: int) -> float:
@@ -95,17 +125,10 @@ def measure_model(probe: ProbeData, role: str, inputs: ProbeInputs, judge: Judge
     if outputs is None:
         raise ShapeError(f"{role}.decode(encode(x)) was not produced")
     recon = as_images(outputs.recon, n_test, f"{role}.decode(encode(x))")
-    figures = ModelFigures(mse=metrics.mse_per_pixel(recon, inputs.test_x))
-    if outputs.log_sigma is not None:
-        mu, log_sigma = outputs.z, outputs.log_sigma
-        figures.kl = float(metrics.kl_to_standard_normal(mu, log_sigma).mean())
-        figures.elbo = float(metrics.elbo_per_image(recon, inputs.test_x, mu, log_sigma).mean())
+    figures = reconstruction_figures(recon, inputs.test_x, outputs.z, outputs.log_sigma)
     samples = as_images(outputs.samples, len(inputs.prior_z), f"{role}.decode(z) of prior samples")
-    judged = judge.judge(samples)
-    quality = metrics.sample_quality(judged.probs, confidence=judge.accept_confidence)
-    figures.sample_confidence = quality.mean_confidence
-    figures.sample_coverage = quality.coverage
-    figures.sample_fid = metrics.frechet_distance_from_stats(metrics.feature_stats(judged.features), judge.test_stats)
+    judged = measure_samples(figures, torch.from_numpy(samples), judge.classifier, judge.test_stats,
+                             judge.accept_confidence)
     if check_memorisation and judge.bank is not None:
         figures.sample_memorised = metrics.memorised_share(samples, judge.bank, judge.memorised_distance)
     pairs, steps = len(inputs.interp_start), len(inputs.interp_alpha)

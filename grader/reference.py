@@ -347,12 +347,11 @@ def _in_batches(fn, x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 @torch.no_grad()
 def _model_figures(model: nn.Module, kind: ModelKind, ev: _Evaluation) -> ModelFigures:
-    """Test MSE (decoding the mean code), KL and ELBO, and the prior samples' quality.
-
-    As grader/measure.py does for students: reconstructions decode mu, and the ELBO's
-    reconstruction term is that decoding's sum of squared errors.
-    """
-    from .classifier import classify
+    """Test MSE (decoding the mean code), KL and ELBO, and the prior samples' quality, through the
+    functions that measure a student's model (grader/measure.py), on the full test set and the
+    set's prior samples. Here the models run in batches on the build's device, and a diverged
+    model (samples not finite) gets no sample figures: NaN figures become None (_finite)."""
+    from .measure import measure_samples, reconstruction_figures
 
     model = model.to(ev.device).eval()
     if kind == "vae":
@@ -361,18 +360,11 @@ def _model_figures(model: nn.Module, kind: ModelKind, ev: _Evaluation) -> ModelF
     else:
         mu, log_sigma = _in_batches(lambda x: encode_ae(model, x), ev.test_x, ev.device), None
     recon = _in_batches(lambda z: decode(model, z), mu, ev.device)
-    figures = ModelFigures(mse=metrics.mse_per_pixel(recon, ev.test_x))
-    if log_sigma is not None:
-        figures.kl = metrics.kl_to_standard_normal(mu, log_sigma).mean().item()
-        figures.elbo = metrics.elbo_per_image(recon, ev.test_x, mu, log_sigma).mean().item()
+    figures = reconstruction_figures(recon, ev.test_x, mu, log_sigma)
     samples = _in_batches(lambda z: decode(model, z), ev.prior_z, ev.device)
     model.cpu()
-    if not torch.isfinite(samples).all():
-        return _finite(figures)                         # a diverged model: no sample figures
-    judged = classify(ev.classifier, samples)
-    quality = metrics.sample_quality(judged.probs, confidence=ev.confidence)
-    figures.sample_confidence, figures.sample_coverage = quality.mean_confidence, quality.coverage
-    figures.sample_fid = metrics.frechet_distance_from_stats(metrics.feature_stats(judged.features), ev.test_stats)
+    if torch.isfinite(samples).all():
+        measure_samples(figures, samples, ev.classifier, ev.test_stats, ev.confidence)
     return _finite(figures)
 
 
