@@ -36,6 +36,7 @@ from .config import AssignmentConfig, ModelKind, ParamValue
 from .errors import ConfigError
 from .models import TrainedModel, TrainSettings, decode, encode_ae, encode_vae, pick_device, train_model
 from .records import ModelFigures
+from .text import format_quantity
 
 if TYPE_CHECKING:  # classifier.py is imported where it is used: building a set from the cache needs none of it
     from .classifier import MnistClassifier
@@ -597,7 +598,7 @@ def build_reference(
 
 
 def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None or not math.isfinite(value) else format(value, spec)
+    return format_quantity(value, spec=spec, missing="-", non_finite="-")
 
 
 def _param_text(value: ParamValue) -> str:
