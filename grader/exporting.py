@@ -8,7 +8,13 @@ torch-using parts of the grader still load in a thread (grade.prepare).
 from __future__ import annotations
 
 import json
+import zipfile
 from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from numpy.lib import format as npy_format
 
 from .config import AssignmentConfig
 
@@ -50,3 +56,35 @@ def export_code(config: AssignmentConfig) -> str:
 def export_source() -> str:
     """kernel_export.py as text, read as a package resource (an installed grader has it too)."""
     return resources.files(__package__).joinpath(KERNEL_EXPORT_MODULE).read_text(encoding="utf-8")
+
+
+class ExportTooLarge(ValueError):
+    pass
+
+
+def read_npz_bounded(path: Path, max_bytes: int) -> dict[str, np.ndarray]:
+    """The arrays of an npz, refusing before any decompression anything whose declared sizes or
+    array headers pass max_bytes in all (a few MB of compressed zeros can hold gigabytes)."""
+    if path.is_symlink() or not path.is_file():
+        raise ValueError(f"{path.name} is not a regular file")
+    if path.stat().st_size > max_bytes:
+        raise ExportTooLarge(f"{path.name} is larger than {max_bytes} bytes")
+    arrays: dict[str, np.ndarray] = {}
+    with zipfile.ZipFile(path) as archive:
+        infos = archive.infolist()
+        if sum(info.file_size for info in infos) > max_bytes:
+            raise ExportTooLarge(f"{path.name} unpacks to more than {max_bytes} bytes")
+        for info in infos:
+            with archive.open(info) as member:
+                version = npy_format.read_magic(member)
+                read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+                shape, fortran, dtype = read_header(member)
+                if dtype.hasobject:
+                    raise ValueError(f"{info.filename}: object arrays are not accepted")
+                count = int(np.prod(shape, dtype=np.int64))
+                if count * dtype.itemsize > info.file_size:
+                    raise ExportTooLarge(f"{info.filename}: its header claims more data than it holds")
+                data = np.frombuffer(member.read(count * dtype.itemsize), dtype=dtype, count=count)
+                order: Literal["C", "F"] = "F" if fortran else "C"
+                arrays[info.filename.removesuffix(".npy")] = data.reshape(shape, order=order).copy()  # writable
+    return arrays

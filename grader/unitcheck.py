@@ -23,7 +23,7 @@ from nbformat import NotebookNode
 
 from . import atomic
 from .config import AssignmentConfig
-from .probe import read_npz_bounded
+from .exporting import read_npz_bounded
 from .sandbox import Sandbox, scratch_dir
 
 INPUTS_FILE = "unit_inputs.npz"
