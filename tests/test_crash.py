@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -66,8 +67,17 @@ def test_kill_9_mid_batch_then_the_same_command_gives_the_uninterrupted_gradeboo
     folder.mkdir()
     for i in range(3):
         nbformat.write(slow_notebook(3, i), folder / f"student{i}.ipynb")
+    # The uninterrupted run goes alongside the one to be killed (the notebooks mostly sleep: ~30 s
+    # saved). Its processes have other pids, so the checks below, keyed on the killed run's pids,
+    # never see them; its temp dir is its own, so it never reaps what the killed run leaves (that
+    # is the rerun's job, checked below).
     whole = tmp_path / "whole"
-    subprocess.run(grade_command(folder, whole), check=True, capture_output=True, timeout=600)
+    whole_tmp = Path(tempfile.mkdtemp(prefix="crash-test-whole-"))
+    whole_tmp.chmod(0o755)   # like /tmp: the sandbox's uid passes through it
+    whole_log = tmp_path / "whole-stderr.txt"
+    with open(whole_log, "wb") as log:   # a file, not a pipe: nothing reads it until the end
+        uninterrupted = subprocess.Popen(grade_command(folder, whole), stdout=subprocess.DEVNULL, stderr=log,
+                                         env={**os.environ, "TMPDIR": str(whole_tmp)})
 
     out = tmp_path / "killed"
     grader = subprocess.Popen(grade_command(folder, out), start_new_session=True,
@@ -87,6 +97,8 @@ def test_kill_9_mid_batch_then_the_same_command_gives_the_uninterrupted_gradeboo
         assert processes_mentioning(tag) == []             # no kernel, sandbox or bwrap survives
     assert not (out / "gradebook.csv").exists()
 
+    assert uninterrupted.wait(timeout=600) == 0, whole_log.read_text()
+    shutil.rmtree(whole_tmp, ignore_errors=True)
     subprocess.run(grade_command(folder, out), check=True, capture_output=True, timeout=600)
     assert (out / "gradebook.csv").read_text() == (whole / "gradebook.csv").read_text()
     rows = (out / "gradebook.csv").read_text().splitlines()[1:]
