@@ -249,7 +249,7 @@ def _leaks_in(out: Path, needles: dict[str, bytes]) -> set[str]:
     weights.npz, ...), and 50 needles through all of it took most of this test's 17 s. The same
     bytes give the same PDF text and npz members, so the findings are the same."""
     found: dict[tuple[str, bytes], list[str]] = {}   # (suffix, content digest) -> the needles in it
-    leaks = set()
+    leaks: set[str] = set()
     for path in sorted(out.rglob("*")):
         if not path.is_file() or path.is_symlink():
             continue
