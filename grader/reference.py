@@ -15,6 +15,7 @@ and written atomically under a file lock: concurrent workers train a key once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -25,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping
 
 import filelock
 import torch
@@ -50,6 +51,19 @@ MIN_PRIOR_SAMPLES = 1000
 WEIGHTS_FILE = "models.pt"
 META_FILE = "reference.json"
 EVAL_BATCH = 2000
+# CPU threads every reference model is trained at, whichever process trains it: a float sum split
+# over another thread count rounds differently, and the reference's figures set the students' bands.
+TRAINING_THREADS = 1
+
+
+@contextlib.contextmanager
+def _training_threads() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(TRAINING_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # --- parameters ---------------------------------------------------------------------------------
@@ -177,6 +191,7 @@ def cache_key_inputs(
         "models_source": _sha256_bytes(Path(models.__file__).read_bytes()),
         "architecture": architecture_digest(config),
         "torch": torch.__version__,
+        "training_threads": TRAINING_THREADS,
         "device": kind,
         "mnist": mnist_md5s(),
         "classifier": classifier_digest or config.classifier.sha256,
@@ -275,7 +290,8 @@ class ReferenceSet:
 
             started = time.perf_counter()
             train_x = training_subset(load_mnist(train=True, data_dir=data_dir)[0], self.train_subset)
-            trained = train_model(train_x, self.settings, beta, pick_device(self.device), self.builders["vae"])
+            with _training_threads():
+                trained = train_model(train_x, self.settings, beta, pick_device(self.device), self.builders["vae"])
             buffer = io.BytesIO()
             torch.save({k: v.detach().cpu() for k, v in trained.model.state_dict().items()}, buffer)
             atomic.write_bytes(extra, buffer.getvalue())
@@ -584,7 +600,8 @@ def build_reference(
             from .classifier import load_configured_classifier
 
             judge = load_configured_classifier(config)
-        meta, states, by_name, mean_image = _train_and_measure(config, params, key_inputs, device, judge, data_dir, log)
+        with _training_threads():
+            meta, states, by_name, mean_image = _train_and_measure(config, params, key_inputs, device, judge, data_dir, log)
         _save_entry(entry, meta, {**states, "mean_image": mean_image})   # as _load_entry reads it
         log(f"reference: saved {entry}")
         for model in by_name.values():
