@@ -207,12 +207,13 @@ def load_measuring_parts(config: AssignmentConfig, params: dict, data_dir: Path,
     inputs = make_probe_inputs(config, params, test_x, test_y)
     # On the GPU where there is one, as the reference measures its models (pick_device):
     # classify() moves each batch to the classifier's device and returns CPU tensors.
-    classifier = load_configured_classifier(config, pick_device())
+    device = pick_device()
+    classifier = load_configured_classifier(config, device)
     train_x, _ = load_mnist(train=True, data_dir=data_dir)
     judge = Judge.build(classifier, test_x, config.probe.accept_confidence, config.probe.memorised_distance,
                         real_images=torch.cat([train_x, test_x]))
     reference = build_reference(config, params, log=log)
-    return MeasuringParts(inputs, judge, reference, str(pick_device()))
+    return MeasuringParts(inputs, judge, reference, str(device))
 
 
 def prepare(options: GradeOptions, log: Log, defer: bool = False) -> GradingContext:

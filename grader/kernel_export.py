@@ -1,6 +1,6 @@
 # The export: the grader's code that runs in the student's kernel, after the student's cells.
 #
-# grader.probe.export_code sends this module's text, as it is, into the kernel, followed by one
+# grader.exporting.export_code sends this module's text, as it is, into the kernel, followed by one
 # call of run_export on the kernel's globals and a `del run_export`; the grader imports the same
 # module to test it in its own process, and its bytes are part of the execution cache key
 # (grader.versioning.EXECUTION_SOURCES). Hence the module's shape: it defines nothing but
@@ -12,7 +12,7 @@
 def run_export(namespace: dict, spec: dict, workdir: str = ".") -> None:
     """Hands back each model's weights (tensors only) and plain values; computes nothing.
 
-    namespace: the kernel's globals; spec: the names and bounds (grader.probe.export_spec);
+    namespace: the kernel's globals; spec: the names and bounds (grader.exporting.export_spec);
     workdir: where the two files go. Its imports are inside so that running this module's text
     in the kernel adds no name but run_export. What it writes is untrusted all the same: the
     grader bounds and validates every byte it reads.

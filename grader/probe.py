@@ -22,17 +22,7 @@ import numpy as np
 import torch
 
 from .config import AssignmentConfig, ModelKind
-from .exporting import (  # noqa: F401 -- the export's side, re-exported for the probe's readers
-    KERNEL_EXPORT_MODULE,
-    VALUES_FILE,
-    WEIGHTS_FILE,
-    ExportTooLarge,
-    export_code,
-    export_source,
-    export_spec,
-    history_key,
-    read_npz_bounded,
-)
+from .exporting import VALUES_FILE, WEIGHTS_FILE, ExportTooLarge, read_npz_bounded
 from .models import decode, encode_ae, encode_vae
 
 MAX_VALUES_BYTES = 5_000_000

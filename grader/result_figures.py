@@ -8,11 +8,13 @@ a model that could not be measured are classified here.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from . import figures
-from .probe import ProbeData, history_key
+from .exporting import history_key
+from .probe import ProbeData
 from .records import FigureKind, FigureRef, FigureSide, SampleCaptions, TrainingHistories
 
 N_RECON = 10   # test images shown reconstructed
@@ -26,14 +28,10 @@ def _images(array: np.ndarray | None, count: int) -> np.ndarray | None:
     return array.reshape(-1, 28, 28)[:count]
 
 
-def _recon(probe: ProbeData, role: str) -> np.ndarray | None:
+def _output(probe: ProbeData, role: str, name: Literal["recon", "samples", "interp"]) -> np.ndarray | None:
+    """One of a model's outputs; None where the probe could not run the model."""
     outputs = probe.models.get(role)
-    return None if outputs is None else outputs.recon
-
-
-def _interp(probe: ProbeData, role: str) -> np.ndarray | None:
-    outputs = probe.models.get(role)
-    return None if outputs is None else outputs.interp
+    return None if outputs is None else getattr(outputs, name)
 
 
 def histories_for_figures(values: dict) -> TrainingHistories:
@@ -69,12 +67,11 @@ def write_figures(out: Path, ctx, student: ProbeData, reference: ProbeData, meas
     originals = ctx.inputs.test_x[:N_RECON].reshape(-1, 28, 28)
     sides: tuple[tuple[FigureSide, ProbeData], ...] = (("student", student), ("reference", reference))
     for role in ctx.config.model_names():
-        mine = _images(_recon(student, role), N_RECON)
-        theirs = _images(_recon(reference, role), N_RECON)
+        mine = _images(_output(student, role, "recon"), N_RECON)
+        theirs = _images(_output(reference, role, "recon"), N_RECON)
         keep("reconstructions", role, figures.reconstructions_png(out / f"recon_{role}.png", originals, mine, theirs))
         for side, probe in sides:
-            outputs = probe.models.get(role)
-            samples = None if outputs is None else _images(outputs.samples, N_SAMPLES)
+            samples = _images(_output(probe, role, "samples"), N_SAMPLES)
             if samples is None:
                 continue
             verdicts = _captions(captions[side], role, samples, ctx.judge)
@@ -82,8 +79,8 @@ def write_figures(out: Path, ctx, student: ProbeData, reference: ProbeData, meas
     steps = len(ctx.inputs.interp_alpha)
     interpolated = [role for check in ctx.config.checks if check.kind == "interpolation" for role in check.models]
     for role in dict.fromkeys(interpolated):
-        mine = _images(_interp(student, role), N_PATHS * steps)
-        theirs = _images(_interp(reference, role), N_PATHS * steps)
+        mine = _images(_output(student, role, "interp"), N_PATHS * steps)
+        theirs = _images(_output(reference, role, "interp"), N_PATHS * steps)
         if mine is None and theirs is None:
             continue
         rows = [None if a is None else a.reshape(N_PATHS, steps, 28, 28) for a in (mine, theirs)]

@@ -14,8 +14,8 @@ import torch
 
 from grader import kernel_export
 from grader.config import load_config
+from grader.exporting import export_code, export_source
 from grader.kernel_export import run_export
-from grader.probe import export_code, export_source
 
 SPEC = {
     "models": {"tiny": "net", "absent": "no_such_model", "not_a_model": "text", "too_big": "big"},

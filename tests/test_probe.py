@@ -15,17 +15,9 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 from grader import models
 from grader.config import load_config
+from grader.exporting import VALUES_FILE, WEIGHTS_FILE, export_code, history_key, read_npz_bounded
 from grader.paths import default_data_dir
-from grader.probe import (
-    VALUES_FILE,
-    WEIGHTS_FILE,
-    export_code,
-    history_key,
-    load_export,
-    make_probe_inputs,
-    probe_models,
-    read_npz_bounded,
-)
+from grader.probe import load_export, make_probe_inputs, probe_models
 from grader.unitcheck import definitions, make_unit_inputs, run_unit_checks
 from grader.weights import WeightsMismatch, match_state, rebuild_models
 
