@@ -40,7 +40,7 @@ from .errors import GraderError
 from .execute import EXECUTED_NOTEBOOK
 from .exporting import VALUES_FILE, WEIGHTS_FILE
 from .marking.store import DB_NAME, MarkStore
-from .records import Answer, ExecutionResult, Mark, ModelFigures, RubricItem, SubmissionResult
+from .records import Answer, ExecutionResult, Mark, RubricItem, SubmissionResult
 from .score import score_checks, totals
 
 if TYPE_CHECKING:  # types only: the torch-using modules load in a worker's thread while its kernel runs (prepare)
@@ -184,10 +184,6 @@ class GradingContext:
                 self._reference_figures[tuned_beta] = cached_measurement(key, lambda: measure_reference(
                     self.reference_probe(beta), self.reference_probe(None), self.inputs, self.judge, self.config))
             return self._reference_figures[tuned_beta]
-
-    def reference_figures(self, beta: float | None) -> dict[str, ModelFigures]:
-        """The reference's figures with the tuned model at `beta`, computed once per β in a run."""
-        return self.reference_measurement(beta).figures
 
 
 def load_measuring_parts(config: AssignmentConfig, params: dict, data_dir: Path, log: Log) -> MeasuringParts:
@@ -503,7 +499,7 @@ def evaluate(ctx: GradingContext, notebook: Path, execution: ExecutionResult, ou
     ctx.reference.train_vae_at(best_beta, ctx.data_dir, ctx.log)
     reference = ctx.reference_probe(best_beta)
     measurement = measure(
-        student, ctx.reference_figures(best_beta), ctx.inputs, ctx.unit_inputs, ctx.judge,
+        student, ctx.reference_measurement(best_beta), ctx.inputs, ctx.unit_inputs, ctx.judge,
         mean_image_mse=ctx.reference.mean_image_mse, good_betas=ctx.reference.good_betas,
         reference_best_beta=ctx.reference.best_beta, best_beta=best_beta, config=ctx.config,
     )

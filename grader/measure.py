@@ -26,7 +26,6 @@ from .records import (
     SampleCaptions,
     StudentMeasurement,
 )
-from .score import BEST
 from .unitcheck import UnitInputs
 
 IMAGE_SIZE = 28 * 28
@@ -218,6 +217,7 @@ class ReferenceMeasurement:
 
     figures: dict[str, ModelFigures]
     captions: dict[str, SampleCaptions] = field(default_factory=dict)
+    best: ModelFigures | None = None   # the tuned model's reference at the set's own best β
 
 
 def measure_reference(reference: ProbeData, reference_best: ProbeData, inputs: ProbeInputs, judge: Judge,
@@ -228,14 +228,13 @@ def measure_reference(reference: ProbeData, reference_best: ProbeData, inputs: P
     if missing:  # the grader's own models: a failure here is a bug, not the student's
         raise RuntimeError(f"reference models could not be measured: {missing}")
     tuned = config.tuned_model
-    if tuned is not None:
-        figures[BEST] = model_figures(reference_best, tuned.role, inputs, judge)
-    return ReferenceMeasurement(figures, captions)
+    best = model_figures(reference_best, tuned.role, inputs, judge) if tuned is not None else None
+    return ReferenceMeasurement(figures, captions, best)
 
 
 def measure(
     student: ProbeData,
-    reference_figures: dict[str, ModelFigures],
+    reference: ReferenceMeasurement,
     inputs: ProbeInputs,
     unit_inputs: UnitInputs,
     judge: Judge,
@@ -252,7 +251,8 @@ def measure(
         missing.update({role: student.errors["probe"] for role in config.model_names() if role not in missing})
     result = Metrics(
         student=student_figures,
-        reference=reference_figures,
+        reference=reference.figures,
+        reference_best=reference.best,
         mean_image_mse=mean_image_mse,
         kl_unit=_unit("kl_divergence", kl_unit, student, unit_inputs, missing),
         reparam_unit=_unit("reparameterize", reparam_unit, student, unit_inputs, missing),
@@ -260,7 +260,7 @@ def measure(
         reference_best_beta=reference_best_beta,
     )
     anchor = config.model(config.assessable.model)
-    anchor_mse = reference_figures[anchor.role].mse
+    anchor_mse = reference.figures[anchor.role].mse
     ratio = config.assessable.max_reference_mse_ratio
     if anchor_mse is None:   # a reference that diverged: its NaN figures are kept as None
         assessable, shown = False, "no finite MSE"

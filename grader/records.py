@@ -132,6 +132,10 @@ class Metrics(BaseModel):
     reparam_unit: ReparamUnitFigures | None = None
     reference_good_betas: list[float] = []
     reference_best_beta: float | None = None
+    # The reference's tuned VAE at its own best β (reference_best_beta): the anchor for "a fixed-β
+    # VAE behaves as that β should", whatever β the student chose (reference[tuned role] is the
+    # reference at the student's β). None in results written before it was measured.
+    reference_best: ModelFigures | None = None
 
 
 # --- The measure stage's output (grader/measure.py): what scoring and the figures read ----------

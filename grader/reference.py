@@ -225,6 +225,9 @@ class ReferenceSet:
     train_seconds: dict[str, float] = field(default_factory=dict)   # run name (role / "beta=<b>") -> seconds
     path: Path | None = None                  # the cache entry
     cache_hit: bool = False
+    # VAEs at a student's β read from entry/extra/ once, not on every lookup (a job looks one up
+    # several times: its probe, its measurement, its figures).
+    _extras: dict[float, nn.Module] = field(default_factory=dict, repr=False)
 
     def vae_at(self, beta: float | None) -> tuple[float, nn.Module]:
         """The sweep VAE nearest to `beta` on a log scale, with its beta: the fair comparison for
@@ -255,12 +258,15 @@ class ReferenceSet:
                 return known, model
         if self.path is None:
             return None
+        if beta in self._extras:
+            return beta, self._extras[beta]
         model = self.builders["vae"](self.settings.nz)
         try:
             model.load_state_dict(torch.load(self._extra_file(beta), map_location="cpu", weights_only=True))
         except (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError):
             return None  # not trained yet, or a damaged file (train_vae_at trains it again)
-        return beta, model.eval()
+        self._extras[beta] = model.eval()
+        return beta, model
 
     def vae_for(self, beta: float | None) -> tuple[float, nn.Module]:
         """The reference VAE a student's tuned VAE at `beta` is compared with, and its β: the one

@@ -21,7 +21,7 @@ from . import atomic, paths, versioning
 from .measure import ReferenceMeasurement
 from .records import ModelFigures, SampleCaptions
 
-FORMAT = 1
+FORMAT = 2   # 2: the best-β anchor is its own entry, not a role among the figures
 
 
 def measurement_key(*parts: object) -> str:
@@ -34,6 +34,7 @@ def measurement_key(*parts: object) -> str:
 def _write(path: Path, measured: ReferenceMeasurement) -> None:
     arrays: dict[str, np.ndarray] = {
         "figures": np.array(json.dumps({role: f.model_dump() for role, f in measured.figures.items()})),
+        "best": np.array(json.dumps(None if measured.best is None else measured.best.model_dump())),
     }
     for role, captions in measured.captions.items():
         arrays[f"labels/{role}"] = captions.labels
@@ -48,12 +49,13 @@ def _read(path: Path) -> ReferenceMeasurement | None:
     try:
         with np.load(path, allow_pickle=False) as saved:
             figures = {role: ModelFigures.model_validate(f) for role, f in json.loads(str(saved["figures"])).items()}
+            best = json.loads(str(saved["best"]))
             roles = [name.split("/", 1)[1] for name in saved.files if name.startswith("labels/")]
             captions = {role: SampleCaptions(labels=saved[f"labels/{role}"], confidences=saved[f"confidences/{role}"])
                         for role in roles}
     except (OSError, KeyError, ValueError, EOFError):
         return None
-    return ReferenceMeasurement(figures, captions)
+    return ReferenceMeasurement(figures, captions, None if best is None else ModelFigures.model_validate(best))
 
 
 def cached_measurement(key: str, make: Callable[[], ReferenceMeasurement],

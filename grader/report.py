@@ -264,12 +264,7 @@ def metric_sections(result: SubmissionResult, config: AssignmentConfig) -> list[
     for role in roles:
         student = metrics.student.get(role) or ModelFigures()
         reference = metrics.reference.get(role) or ModelFigures()
-        rows = [
-            {"label": label, "hint": hint, "student": fmt_number(getattr(student, field)),
-             "reference": fmt_number(getattr(reference, field))}
-            for field, label, hint in QUANTITIES
-            if getattr(student, field) is not None or getattr(reference, field) is not None
-        ]
+        rows = _quantity_rows(student, reference)
         related = [checks[i] for i in role_checks.get(role, []) if i in checks]
         if not rows and not related:
             continue
@@ -278,10 +273,28 @@ def metric_sections(result: SubmissionResult, config: AssignmentConfig) -> list[
             "label": config.labels().get(role, role),
             "variable": contract.get(role, role),
             "measured": role in metrics.student,
+            "anchor": False,
             "rows": rows,
             "checks": [check_row(c) for c in related],
         })
+    tuned = config.tuned_model
+    if metrics.reference_best is not None and tuned is not None:
+        best_beta = fmt_number(metrics.reference_best_beta)
+        sections.append({
+            "role": tuned.role, "label": f"{tuned.label}: the reference at its own best β = {best_beta}",
+            "variable": "", "measured": True, "anchor": True,
+            "rows": _quantity_rows(ModelFigures(), metrics.reference_best), "checks": [],
+        })
     return sections
+
+
+def _quantity_rows(student: ModelFigures, reference: ModelFigures) -> list[dict]:
+    return [
+        {"label": label, "hint": hint, "student": fmt_number(getattr(student, field)),
+         "reference": fmt_number(getattr(reference, field))}
+        for field, label, hint in QUANTITIES
+        if getattr(student, field) is not None or getattr(reference, field) is not None
+    ]
 
 
 def unit_rows(figures: KLUnitFigures | ReparamUnitFigures | None) -> list[dict]:

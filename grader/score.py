@@ -121,11 +121,6 @@ def _not_assessable(check: CheckSpec, m: Measurement, *parts: str) -> CheckResul
     )
 
 
-# Metrics.reference key of the reference's own best-β VAE: the anchor for "a fixed-β VAE behaves as
-# that β should", whatever β the student chose (the tuned role is the reference at the student's β).
-BEST = "vae_best"
-
-
 def _gate(check: CheckSpec, m: Measurement, *parts: str) -> CheckResult | None:
     """The result of a quality check that cannot be scored: parameters too small to assess, then
     a part of the student's notebook that could not be measured; None when it can be scored."""
@@ -141,10 +136,10 @@ def _figures(m: Measurement, side: str, role: str) -> ModelFigures:
 def _best(m: Measurement, config: AssignmentConfig) -> ModelFigures:
     """The reference's VAE at its own best β (results written before that anchor existed hold
     only the reference at the student's β, under the tuned model's role)."""
+    if m.metrics.reference_best is not None:
+        return m.metrics.reference_best
     tuned = config.tuned_model
-    if BEST not in m.metrics.reference and tuned is not None:
-        return _figures(m, "reference", tuned.role)
-    return _figures(m, "reference", BEST)
+    return _figures(m, "reference", tuned.role) if tuned is not None else ModelFigures()
 
 
 def score_kl(check: KLUnitCheck, m: Measurement, config: AssignmentConfig) -> CheckResult:

@@ -39,6 +39,7 @@ from grader.report import (
     fmt_number,
     html_to_pdf,
     load_result,
+    metric_sections,
     render_report,
     render_summary,
     rerender,
@@ -92,6 +93,7 @@ def make_metrics(student: dict[str, ModelFigures]) -> Metrics:
         kl_unit=KLUnitFigures(rows=64, max_rel_error=2e-7, student_mean=30.1, analytic_mean=30.1),
         reparam_unit=ReparamUnitFigures(mean_error=0.012, std_error=0.4, no_noise=False, draws=4096),
         reference_good_betas=[1.0, 2.0, 4.0], reference_best_beta=2.0,
+        reference_best=ModelFigures(mse=0.0297, kl=24.6, elbo=-48.1, sample_fid=9.1),
     )
 
 
@@ -207,6 +209,19 @@ def test_graded_report_shows_score_checks_answers_and_pending_points(graded):
     assert "over the limit by" in text  # Q3 is over its limit
     assert "reduced parameters" not in text and "Parameters the assignment's defaults" in text
     assert "2026-11-25 14:16 UTC" in text
+
+
+def test_the_reference_at_its_best_beta_has_its_own_labelled_section(graded):
+    result, _, pdf = graded
+    sections = metric_sections(result, CONFIG)
+    anchor = [s for s in sections if s["anchor"]]
+    assert len(anchor) == 1 and anchor[0]["label"].endswith("the reference at its own best β = 2")
+    assert not anchor[0]["checks"]
+    rows = {row["label"]: (row["student"], row["reference"]) for row in anchor[0]["rows"]}
+    assert rows["KL divergence (nats per image)"] == ("—", "24.6")
+    assert [s["role"] for s in sections if not s["anchor"]] == list(CONFIG.model_names())
+    text = pdf_text(pdf)
+    assert "the reference at its own best β" in text and "could not be measured" not in text
 
 
 def test_graded_report_embeds_each_figure(graded):

@@ -7,7 +7,6 @@ import pytest
 from grader.config import load_config
 from grader.records import KLUnitFigures, Measurement, Metrics, ModelFigures, ReparamUnitFigures, StudentMeasurement
 from grader.score import (
-    BEST,
     higher_credit,
     linear_credit,
     lower_credit,
@@ -76,22 +75,23 @@ REFERENCE_VALUES = {
     "vae_tuned": {"mse": 0.04, "kl": 25.0, "sample_fid": 10.0, "sample_confidence": 0.9,
                   "sample_coverage": 1.0, "interp_accept": 0.8, "interp_smoothness": 0.2,
                   "interp_endpoints": 0.875, "sample_memorised": 0.0},
-    BEST: {"mse": 0.04, "kl": 25.0, "sample_fid": 10.0},
 }
-assert set(REFERENCE_VALUES) == {*STUDENT_ROLES, BEST}, "the roles the config and measure_reference use"
+assert set(REFERENCE_VALUES) == set(STUDENT_ROLES), "the roles the config and measure_reference use"
+# The reference's tuned VAE at its own best β (Metrics.reference_best): the fixed-β checks' anchor.
+REFERENCE_BEST = {"mse": 0.04, "kl": 25.0, "sample_fid": 10.0}
 
 GOOD_KL_UNIT = {"rows": 64, "max_rel_error": 1e-7, "student_mean": 30.0, "analytic_mean": 30.0}
 GOOD_REPARAM_UNIT = {"mean_error": 0.01, "std_error": 0.01, "no_noise": False, "draws": 4096}
 
 
 def reference_figures() -> dict[str, ModelFigures]:
-    """What measure_reference hands on: the reference's figures per role and the best-β anchor."""
+    """What measure_reference hands on: the reference's figures per role."""
     return {role: typed(ModelFigures, **values) for role, values in REFERENCE_VALUES.items()}
 
 
 def measurement(*, missing_models: dict[str, str] | None = None, kl_unit: dict | None = None,
                 reparam_unit: dict | None = None, best_beta: float | None = 1.0, not_assessable: str = "",
-                **student_changes: dict) -> StudentMeasurement:
+                reference_best: dict | None = REFERENCE_BEST, **student_changes: dict) -> StudentMeasurement:
     """The StudentMeasurement measure() returns for a student whose figures equal the reference's
     except student_changes (role -> {field: value}); a model in missing_models (role -> why) was
     not measured; not_assessable: the reason the parameters cannot assess quality."""
@@ -104,6 +104,7 @@ def measurement(*, missing_models: dict[str, str] | None = None, kl_unit: dict |
         kl_unit=typed(KLUnitFigures, **(kl_unit or GOOD_KL_UNIT)),
         reparam_unit=typed(ReparamUnitFigures, **(reparam_unit or GOOD_REPARAM_UNIT)),
         reference_good_betas=[1.0, 2.0], reference_best_beta=1.0,
+        reference_best=None if reference_best is None else typed(ModelFigures, **reference_best),
     )
     return StudentMeasurement(metrics=metrics, missing=missing, best_beta=best_beta,
                               assessable=not not_assessable, assessable_reason=not_assessable)
@@ -152,6 +153,18 @@ def test_reconstruction_credit_is_linear_between_reference_and_mean_image():
 def test_beta10_that_does_not_collapse_loses_points():
     check = by_id(measurement(vae_beta10={"kl": 25.0, "mse": 0.04}))["vae_beta10_behaviour"]
     assert check.points == 0
+
+
+def test_the_fixed_beta_checks_follow_the_reference_at_its_own_best_beta():
+    # beta=0: the KL's full credit from kl_factor x the anchor's KL, zero at the anchor's KL. The
+    # reference at the student's β (reference[vae_tuned], KL 25 here) is not the anchor.
+    at_anchor = by_id(measurement(vae_beta0={"kl": 30.0}))["vae_beta0_behaviour"]
+    lower = by_id(measurement(vae_beta0={"kl": 30.0}, reference_best={**REFERENCE_BEST, "kl": 5.0}))["vae_beta0_behaviour"]
+    assert at_anchor.points < lower.points == lower.max_points
+    assert "reference's 25" in at_anchor.message and "reference's 5" in lower.message
+    # a result written before the anchor was measured: the reference at the student's β stands in
+    old = by_id(measurement(vae_beta0={"kl": 30.0}, reference_best=None))["vae_beta0_behaviour"]
+    assert old.points == at_anchor.points
 
 
 def test_best_beta_outside_the_good_range():
