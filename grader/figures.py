@@ -17,19 +17,21 @@ import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")  # never a GUI backend: the grader runs headless, often in parallel
 
 import numpy as np
-import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageFont
-from torchvision.utils import make_grid
 
 from . import atomic
+
+if TYPE_CHECKING:
+    import torch
 
 DPI = 110
 # One fixed style for every figure, independent of the user's matplotlibrc.
@@ -105,6 +107,8 @@ def _font() -> ImageFont.FreeTypeFont:
 def _tiles(images: np.ndarray, count: int, caption_px: int = 0) -> torch.Tensor:
     """[count, 1, H, W] tiles in [0, 1]: the images scaled up by TILE_SCALE, white (1.0) slots
     after the last image, and a white strip of caption_px above each for its caption."""
+    import torch  # here, not at the top: the main process imports this module (via the report) but draws no grid
+
     side = images.shape[1] * TILE_SCALE if len(images) else 28 * TILE_SCALE
     tiles = torch.ones(count, 1, side + caption_px, side)
     if len(images):
@@ -115,6 +119,9 @@ def _tiles(images: np.ndarray, count: int, caption_px: int = 0) -> torch.Tensor:
 
 def _grid_image(tiles: torch.Tensor, ncols: int) -> Image.Image:
     """The tiles laid out ncols to a row, GAP apart, as a grayscale PIL image."""
+    import torch
+    from torchvision.utils import make_grid
+
     grid = make_grid(tiles, nrow=ncols, padding=GAP, pad_value=1.0)[0]   # make_grid returns 3 channels
     pixels = (grid.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).numpy()
     return Image.fromarray(pixels)   # uint8 [H, W]: grayscale ("L")
@@ -162,6 +169,8 @@ def _rows_png(path: Path | str, rows: list[tuple[str, np.ndarray]], ncols: int |
     ncols = max(ncols or max((len(images) for _, images in rows), default=1), 1)
     font = _font()
     label_px = max(math.ceil(font.getlength(label)) for label, _ in rows) + LABEL_GAP
+    import torch
+
     grid = _grid_image(torch.cat([_tiles(images[:ncols], ncols) for _, images in rows]), ncols)
     canvas = _on_white(label_px + grid.width, grid.height)
     canvas.paste(grid, (MARGIN + label_px, MARGIN))

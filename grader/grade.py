@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import re
 import shutil
@@ -872,11 +873,13 @@ def grade_submissions(
     runner = make_runner(options, len(notebooks), config.limits.threads, log)   # the workers start loading now
     if options.timeout_factor is not None:
         options = apply_timeout_factor(options, runner, log)   # the solution timed in a worker, or cached
-    from .report import class_marking, rubric_items, write_gradebook  # 3 s of imports, while the workers start
     plan = plan_run(options)
     store = MarkStore(options.out_dir, plan.config)
-    marks, rubric = store.all_marks(), rubric_items(store)
+    marks, rubric = store.all_marks(), store.rubric_items()
     specs = {spec.folder: spec for spec in (job_spec(plan, nb, marks, rubric, runner.remote) for nb in notebooks)}
+    # The report's imports (WeasyPrint, matplotlib: seconds) load beside the first jobs, which must
+    # not wait for them: the main process needs the report only once a job has finished.
+    threading.Thread(target=importlib.import_module, args=(f"{__package__}.report",), daemon=True).start()
     results: list[SubmissionResult] = []
     folders: list[tuple[str, SubmissionResult]] = []
     failures: list[str] = []
@@ -892,6 +895,8 @@ def grade_submissions(
             bar.set_postfix_str(f"{result.submission}: {result.status}")
             bar.update()
     results.sort(key=lambda r: r.submission)
+    from .report import class_marking, write_gradebook
+
     marking = class_marking(store, folders)   # every answer synced, failed evaluations too
     write_gradebook(options.out_dir / GRADEBOOK_CSV, results, plan.config, marking)
     if options.pdf:

@@ -500,11 +500,6 @@ class ClassMarking(BaseModel):
         return report_marking(final, self.items) if final is not None else None
 
 
-def rubric_items(store) -> dict[int, RubricItem]:
-    """Every rubric item of the store's questions, by id."""
-    return {item.id: item for q in store.config.questions for item in store.rubric(q.id)}
-
-
 def report_marking(final: FinalGrade, items: dict[int, RubricItem]) -> ReportMarking | None:
     """The marks of final as its report shows them; None while none of its answers is marked."""
     if all(mark is None for mark in final.written.values()):
@@ -531,7 +526,7 @@ def class_marking(store, results: list[tuple[str, SubmissionResult]]) -> ClassMa
     from .marking.final import final_grades
 
     finals = final_grades(store, results)
-    return ClassMarking(finals={f.submission: f for f in finals}, items=rubric_items(store))
+    return ClassMarking(finals={f.submission: f for f in finals}, items=store.rubric_items())
 
 
 def submission_marking(store, folder: str, result: SubmissionResult) -> ReportMarking | None:
@@ -545,7 +540,7 @@ def submission_marking(store, folder: str, result: SubmissionResult) -> ReportMa
         mark = store.mark(result.submission, question.id)
         if mark is not None:
             marks[question.id] = {result.submission: mark}
-    return report_marking(final_grade(result, marks, store.config), rubric_items(store))
+    return report_marking(final_grade(result, marks, store.config), store.rubric_items())
 
 
 def _signed(value: float) -> str:

@@ -493,6 +493,11 @@ class MarkStore:
         with self._read() as db:
             return self._marks(db, question_id)
 
+    def rubric_items(self) -> dict[int, RubricItem]:
+        """Every rubric item of the config's questions, by id, in one read."""
+        with self._read() as db:
+            return {item.id: item for q in self.config.questions for item in self._rubric(db, q.id)}
+
     def all_marks(self) -> dict[str, dict[str, Mark]]:
         """Question id -> submission -> mark, in one read (one consistent snapshot)."""
         with self._read() as db:
