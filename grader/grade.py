@@ -249,15 +249,19 @@ def _load_and_warm_up(ctx: GradingContext) -> None:
 def warm_up(ctx: GradingContext) -> None:
     """What a worker's first evaluation would otherwise do after its kernel ended, done while the
     kernel runs: the imports of measuring, figures and the PDF (matplotlib and WeasyPrint take
-    about a second each) and the reference's measurement with its own tuned β, the one most
-    students pick. A failure here only leaves the work to the job, which then reports it."""
+    about a second each, torchvision's make_grid two) and the reference's measurement with its own
+    tuned β, the one most students pick. A failure here only leaves the work to the job, which
+    then reports it."""
     try:
+        import numpy as np
+
         from . import figures, measure, report, result_figures  # noqa: F401 -- imported for their import time
 
         ctx.reference_measurement(None)
-        with tempfile.TemporaryDirectory(prefix="grader.warm-up-") as scratch:   # matplotlib's fonts and caches
-            history = [{"epoch": 1, "rec": 2.0, "kl": 1.0}, {"epoch": 2, "rec": 1.0, "kl": 0.5}]
+        with tempfile.TemporaryDirectory(prefix="grader.warm-up-") as scratch:   # fonts, caches, lazy imports
+            history = [{"epoch": 1, "rec": 2.0, "kl": 300.0}, {"epoch": 2, "rec": 1.0, "kl": 0.5}]   # a log axis too
             figures.training_curves_png(Path(scratch) / "curves.png", {"ae": history, "vae": {"1": history}})
+            figures.samples_png(Path(scratch) / "grid.png", np.zeros((2, 28, 28), np.float32), [0, 1], [0.5, 0.5])
     except Exception as exc:
         ctx.log(f"warming up the worker: {type(exc).__name__}: {exc} (left to the first job)")
 

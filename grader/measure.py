@@ -9,6 +9,7 @@ reason, and costs only the checks that depend on it.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +30,7 @@ from .records import (
 from .unitcheck import UnitInputs
 
 IMAGE_SIZE = 28 * 28
+MEASURE_THREADS = 2
 Batch = np.ndarray | torch.Tensor   # what the metrics take: the probe's arrays, the reference's tensors
 
 
@@ -157,18 +159,27 @@ def all_model_figures(probe: ProbeData, inputs: ProbeInputs, judge: Judge, confi
     sample captions go into `captions` when it is given."""
     figures, missing = {}, {}
     memorisation_roles = _sample_roles(config) if check_memorisation else set()
-    for role in config.model_names():
-        if role in probe.errors:
-            missing[role] = probe.errors[role]
-            continue
+    roles = [role for role in config.model_names() if role not in probe.errors]
+
+    def measured(role: str) -> ModelMeasurement | str:
         try:
-            measured = measure_model(probe, role, inputs, judge, role in memorisation_roles)
+            return measure_model(probe, role, inputs, judge, role in memorisation_roles)
         except (ShapeError, ValueError) as exc:
-            missing[role] = str(exc)
+            return str(exc)
+
+    # The models are measured MEASURE_THREADS at a time: torch's kernels release the GIL, so a
+    # worker alone on its machine (one student checking a notebook) uses a second core. Each model
+    # runs the same operations whatever runs beside it, so the figures do not depend on it.
+    with ThreadPoolExecutor(MEASURE_THREADS, thread_name_prefix="measure") as pool:
+        outcomes = dict(zip(roles, pool.map(measured, roles)))
+    for role in config.model_names():   # in the config's order, as the report lists them
+        outcome = outcomes.get(role, probe.errors.get(role, ""))
+        if isinstance(outcome, str):
+            missing[role] = outcome
             continue
-        figures[role] = measured.figures
+        figures[role] = outcome.figures
         if captions is not None:
-            captions[role] = measured.captions
+            captions[role] = outcome.captions
     return figures, missing
 
 

@@ -76,7 +76,7 @@ def _serve(conn: Connection, threads: int, warm: str | None) -> None:
         except (EOFError, OSError):
             return
         if task is None:
-            return
+            _leave()
         function, argument = task
         try:
             reply = ("ok", function(argument))
@@ -87,6 +87,18 @@ def _serve(conn: Connection, threads: int, warm: str | None) -> None:
             conn.send(reply)
         except (EOFError, OSError):
             return
+
+
+def _leave() -> None:
+    """End the worker without the interpreter's teardown, which frees everything a grading worker
+    holds one object at a time (torch, the reference, MNIST: 1.4 s measured, paid at the end of
+    every run). Nothing is lost: every job's files were written before its reply was sent, and the
+    exit handlers (the sandbox's temporary files) still run. A forked multiprocessing child ends
+    the same way; a spawned one would run the full teardown."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    atexit._run_exitfuncs()   # no public equivalent; os._exit alone would skip them
+    os._exit(0)
 
 
 class _Worker:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from grader import reference
+from grader import measure, reference
 from grader.classifier import MnistClassifier, classify
 from grader.config import load_config
 from grader.measure import Judge, ShapeError, measure_model
@@ -125,3 +125,27 @@ def test_a_model_the_probe_did_not_produce_is_named(setting):
                            samples=np.zeros((1, 784), np.float32), interp=np.zeros((1, 1, 784), np.float32))
     with pytest.raises(ShapeError, match=r"expected \[1000, 1, 28, 28\]"):
         measure_model(ProbeData(models={"ae": outputs}), "ae", inputs, judge)
+
+
+def test_measuring_models_side_by_side_changes_no_figure_and_no_order(setting, monkeypatch):
+    """all_model_figures measures MEASURE_THREADS models at a time: the figures are those of one
+    at a time, bit for bit, and the missing models are named in the config's order."""
+    inputs, _, models, _, judge = setting
+    every = {role: CONFIG.model_class(CONFIG.model(role).kind)(NZ) for role in CONFIG.model_names()}
+    every["ae"] = models["ae"]
+    probe = probe_models({r: m for r, m in every.items() if r != "vae_beta0"}, CONFIG, inputs)
+    probe.errors["vae_beta0"] = "NameError: name 'vae_beta0' is not defined"
+    probe.models["vae_beta10"] = ModelOutputs(   # a reconstruction of the wrong shape
+        recon=np.zeros((3, 784), np.float32), z=np.zeros((3, NZ), np.float32),
+        samples=np.zeros((1, 784), np.float32), interp=np.zeros((1, 1, 784), np.float32))
+    results = {}
+    for threads in (1, 2):
+        monkeypatch.setattr(measure, "MEASURE_THREADS", threads)
+        captions: dict = {}
+        figures, missing = measure.all_model_figures(probe, inputs, judge, CONFIG, captions=captions)
+        results[threads] = (figures, list(missing.items()), {r: c.labels.tolist() for r, c in captions.items()})
+    assert results[1] == results[2]
+    figures, missing, _ = results[2]
+    assert list(figures) == [r for r in CONFIG.model_names() if r not in ("vae_beta0", "vae_beta10")]
+    assert [role for role, _ in missing] == ["vae_beta0", "vae_beta10"]
+    assert "not defined" in missing[0][1] and "expected" in missing[1][1]
