@@ -249,9 +249,9 @@ def _load_and_warm_up(ctx: GradingContext) -> None:
 def warm_up(ctx: GradingContext) -> None:
     """What a worker's first evaluation would otherwise do after its kernel ended, done while the
     kernel runs: the imports of measuring, figures and the PDF (matplotlib and WeasyPrint take
-    about a second each, torchvision's make_grid two) and the reference's measurement with its own
-    tuned β, the one most students pick. A failure here only leaves the work to the job, which
-    then reports it."""
+    about a second each), the fonts of both kinds of figure, and the reference's measurement with
+    its own tuned β, the one most students pick. A failure here only leaves the work to the job,
+    which then reports it."""
     try:
         import numpy as np
 

@@ -2,8 +2,9 @@
 
 The functions are taken from the notebook's source, not from the kernel: its top-level imports,
 definitions and constant assignments, in cell order (a later definition wins, as in the kernel).
-They run in a new Python process inside the sandbox, which the student's cells never touched,
-on inputs written only once the student's kernel is gone. What the process returns is a pair of
+They run in a new Python process inside a sandbox of its own, which the student's cells never
+touched, on inputs written into its own scratch directory: it runs beside the kernel (grade.py),
+whose sandbox sees neither that directory nor the process. What the process returns is a pair of
 arrays; the comparison with the closed forms happens in the grader (measure.py).
 """
 

@@ -572,3 +572,17 @@ def test_the_three_number_formatters_are_one():
         assert reference._fmt(value, ".4f") == at_4f and reference._fmt(value, ".1f") == at_1f, value
     assert fmt_number(0.1234567, 3) == score._fmt(0.1234567, 3) == "0.123"
     assert fmt_number(True) == "True" and fmt_number("x") == "x"   # the `num` filter's other inputs
+
+
+@pytest.mark.parametrize("count, ncols", [(1, 8), (2, 8), (8, 8), (12, 8), (9, 4), (30, 10), (7, 3)])
+def test_image_grids_are_laid_out_as_torchvision_make_grid_lays_them_out(count, ncols):
+    """figures._grid_image replaced torchvision.utils.make_grid (whose import costs 2 s): the same
+    pixels for full and ragged rows and the one-tile case, against make_grid itself."""
+    import torch
+    from torchvision.utils import make_grid
+
+    rng = np.random.default_rng(count)
+    tiles = figures._tiles(rng.random((count, 28, 28)) * 1.2 - 0.1, count, caption_px=3)   # some out of [0, 1]
+    theirs = make_grid(torch.from_numpy(tiles)[:, None], nrow=ncols, padding=figures.GAP, pad_value=1.0)[0]
+    theirs_pixels = (theirs.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).numpy()
+    assert np.array_equal(np.asarray(figures._grid_image(tiles, ncols)), theirs_pixels)
