@@ -883,7 +883,7 @@ def grade_submissions(
     specs = {spec.folder: spec for spec in (job_spec(plan, nb, marks, rubric, runner.remote) for nb in notebooks)}
     # The report's imports (WeasyPrint, matplotlib: seconds) load beside the first jobs, which must
     # not wait for them: the main process needs the report only once a job has finished.
-    threading.Thread(target=importlib.import_module, args=(f"{__package__}.report",), daemon=True).start()
+    threading.Thread(target=_import_quietly, args=(f"{__package__}.report",), daemon=True).start()
     results: list[SubmissionResult] = []
     folders: list[tuple[str, SubmissionResult]] = []
     failures: list[str] = []
@@ -912,6 +912,12 @@ def grade_submissions(
     if failures and len(failures) == len(notebooks):
         raise GraderError(f"the grader could not grade any notebook; the first problem: {failures[0]}")
     return results
+
+
+def _import_quietly(module: str) -> None:
+    """Import ahead of need; a failure is left to the import that needs the module, which raises it."""
+    with contextlib.suppress(Exception):
+        importlib.import_module(module)
 
 
 def print_summary(results: list[SubmissionResult], ctx: RunPlan | GradingContext, seconds: float) -> None:
