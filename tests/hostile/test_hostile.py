@@ -9,10 +9,11 @@ control, that the real sample keeps its score, that nothing of the host reached 
 was written outside OUT and scratch, that no process was left behind, and that the machine still
 answers.
 
-Selected with `pytest -m hostile`; part of the default suite. Measured on the project's shared
-2-core machine (2026-12-02): 660 s for the one grade run (about 325 s of it is the 48 kernels'
-own time on 2 workers; the rest the grader's serial evaluation), plus ~70 s when the reference
-models for the quick preset are not cached (their cache key includes the grader's code).
+Selected with `pytest -m hostile`; part of the default suite. Measured on a quiet 2-core machine
+(2026-12-03): 438 s for the test file, 425 s of it the one grade run (the 48 jobs' executions sum
+to 590 s on 2 workers; the longest are infinite_loop at its 60 s cell timeout and the trained
+control at 55 s), plus ~70 s when the reference models for the quick preset are not cached (their
+cache key includes the grader's code).
 Outputs of a run: pytest's tmp folder (corpus/, out/, run/ with the grader's stdout and stderr).
 """
 
