@@ -3,8 +3,8 @@
 Every function takes plain numpy arrays and writes its PNG atomically. Image grids (samples,
 reconstructions, interpolations: 15 of a report's 16 figures) are laid out in numpy as
 torchvision.utils.make_grid lays them out, and captioned with PIL in DejaVu Sans, the font
-matplotlib ships: digits are 28-pixel arrays, so drawing them as pixels takes milliseconds where matplotlib took
-0.3-0.9 s a figure. The training curves and the score histogram keep matplotlib's object API (no
+matplotlib ships: digits are 28-pixel arrays, so drawing them as pixels takes milliseconds where
+matplotlib took 0.3-0.9 s a figure. The training curves and the score histogram keep matplotlib's object API (no
 pyplot state, so figures never leak between calls or threads). The output is deterministic:
 fixed sizes, dpi, font and style, and no "Software" or date chunk in the PNG, so the same arrays
 give the same bytes and the PDF built from them is reproducible too.

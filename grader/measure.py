@@ -173,7 +173,7 @@ def all_model_figures(probe: ProbeData, inputs: ProbeInputs, judge: Judge, confi
     with ThreadPoolExecutor(MEASURE_THREADS, thread_name_prefix="measure") as pool:
         outcomes = dict(zip(roles, pool.map(measured, roles)))
     for role in config.model_names():   # in the config's order, as the report lists them
-        outcome = outcomes.get(role, probe.errors.get(role, ""))
+        outcome = probe.errors[role] if role in probe.errors else outcomes[role]
         if isinstance(outcome, str):
             missing[role] = outcome
             continue
