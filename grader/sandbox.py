@@ -403,9 +403,18 @@ def _uid_exists(uid: int) -> bool:
         return False
 
 
+def uid_lock_dir() -> Path:
+    """Where the uid locks live: one place for the whole machine, as the uids are. Never under
+    TMPDIR: two graders with different TMPDIRs would each take uid UID_BASE, and the first to
+    finish would kill the other's kernel (_kill_uid_processes), which then reads as a crash."""
+    run_lock = Path("/run/lock")
+    base = run_lock if run_lock.is_dir() and os.access(run_lock, os.W_OK | os.X_OK) else Path("/tmp")
+    return base / "grader-sandbox-uids"
+
+
 def _claim_uid() -> tuple[int, IO[str]]:
-    """A sandbox uid no other live sandbox holds, and the open lock file that holds it."""
-    lock_dir = Path(tempfile.gettempdir()) / "grader-sandbox-uids"
+    """A sandbox uid no other live sandbox on this machine holds, and the open lock file that holds it."""
+    lock_dir = uid_lock_dir()
     lock_dir.mkdir(mode=0o700, exist_ok=True)
     for uid in range(UID_BASE, UID_BASE + UID_POOL):
         if _uid_exists(uid):

@@ -404,6 +404,22 @@ def test_the_kernel_runs_as_an_unprivileged_uid(escapes):
     assert escapes["uid"] >= sandbox_module.UID_BASE
 
 
+def test_graders_with_different_tmpdirs_never_share_a_sandbox_uid(tmp_path, monkeypatch):
+    """A uid is the machine's, so its lock must be too: with the locks under TMPDIR, two graders
+    (another TMPDIR each) both took UID_BASE, and the first to finish killed the other's kernel."""
+    claimed = []
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / name))
+        claimed.append(sandbox_module._claim_uid())
+    try:
+        assert claimed[0][0] != claimed[1][0]
+        assert not str(sandbox_module.uid_lock_dir()).startswith(str(tmp_path))
+    finally:
+        for _, lock in claimed:
+            lock.close()
+
+
 def test_the_kernel_environment_is_minimal_and_deterministic(escapes):
     env = escapes["env"]
     assert "GRADER_TEST_SECRET" not in env
