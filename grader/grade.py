@@ -195,7 +195,7 @@ def load_measuring_parts(config: AssignmentConfig, params: dict, data_dir: Path,
 
     from .classifier import load_configured_classifier
     from .data import load_mnist
-    from .measure import Judge
+    from .measure import Judge, mnist_image_bank
     from .models import pick_device
     from .probe import make_probe_inputs
     from .reference import build_reference
@@ -206,9 +206,8 @@ def load_measuring_parts(config: AssignmentConfig, params: dict, data_dir: Path,
     # classify() moves each batch to the classifier's device and returns CPU tensors.
     device = pick_device()
     classifier = load_configured_classifier(config, device)
-    train_x, _ = load_mnist(train=True, data_dir=data_dir)
     judge = Judge.build(classifier, test_x, config.probe.accept_confidence, config.probe.memorised_distance,
-                        real_images=torch.cat([train_x, test_x]))
+                        bank=mnist_image_bank(data_dir, test_x))
     reference = build_reference(config, params, log=log)
     return MeasuringParts(inputs, judge, reference, str(device))
 

@@ -149,3 +149,32 @@ def test_measuring_models_side_by_side_changes_no_figure_and_no_order(setting, m
     assert list(figures) == [r for r in CONFIG.model_names() if r not in ("vae_beta0", "vae_beta10")]
     assert [role for role, _ in missing] == ["vae_beta0", "vae_beta10"]
     assert "not defined" in missing[0][1] and "expected" in missing[1][1]
+
+
+def test_the_cached_image_bank_is_the_bank_of_every_mnist_image_and_a_damaged_one_is_pooled_again(tmp_path, monkeypatch):
+    from grader import data
+    from grader.data import ensure_mnist, load_mnist
+    from grader.metrics import ImageBank
+
+    monkeypatch.setenv("GRADER_CACHE", str(tmp_path))
+    data_dir = ensure_mnist()
+    train_x, _ = load_mnist(train=True, data_dir=data_dir)
+    test_x, _ = load_mnist(train=False, data_dir=data_dir)
+    expected = ImageBank.of(torch.cat([train_x, test_x]))
+
+    def same(bank: ImageBank) -> bool:
+        return all(torch.equal(getattr(bank, f), getattr(expected, f)) for f in ("pooled", "norms", "coarse", "coarse_norms"))
+
+    assert same(measure.mnist_image_bank(data_dir, test_x))
+    [cached] = (tmp_path / "image_bank").glob("*.npy")
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a cached bank needs no training images")
+
+    monkeypatch.setattr(data, "load_mnist", no_loading)
+    assert same(measure.mnist_image_bank(data_dir, test_x))          # read back, bit for bit
+    monkeypatch.undo()
+    monkeypatch.setenv("GRADER_CACHE", str(tmp_path))
+    cached.write_bytes(cached.read_bytes()[: 1000])                  # cut short
+    assert same(measure.mnist_image_bank(data_dir, test_x))
+    assert cached.stat().st_size > 1000

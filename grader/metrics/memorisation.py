@@ -61,9 +61,13 @@ class ImageBank:
 
     @classmethod
     def of(cls, images) -> ImageBank:
-        p = pooled(images)
-        c = coarse(p)
-        return cls(p, (p * p).sum(dim=1), c, (c * c).sum(dim=1))
+        return cls.from_pooled(pooled(images))
+
+    @classmethod
+    def from_pooled(cls, pooled_images: torch.Tensor) -> ImageBank:
+        """The bank of images already pooled ([M, 196], what pooled returns: a cached bank)."""
+        c = coarse(pooled_images)
+        return cls(pooled_images, (pooled_images * pooled_images).sum(dim=1), c, (c * c).sum(dim=1))
 
     def nearest_distance(self, samples) -> torch.Tensor:
         """[N]: each sample's RMS distance (per pooled pixel) to its nearest image in the bank."""
