@@ -207,7 +207,7 @@ def load_measuring_parts(config: AssignmentConfig, params: dict, data_dir: Path,
     device = pick_device()
     classifier = load_configured_classifier(config, device)
     judge = Judge.build(classifier, test_x, config.probe.accept_confidence, config.probe.memorised_distance,
-                        bank=mnist_image_bank(data_dir, test_x))
+                        bank=mnist_image_bank(data_dir))
     reference = build_reference(config, params, log=log)
     return MeasuringParts(inputs, judge, reference, str(device))
 

@@ -69,18 +69,19 @@ class Judge:
 BANK_FORMAT = 1   # bump when pooled() changes: the cached bank is its output
 
 
-def mnist_image_bank(data_dir: Path, test_images: torch.Tensor) -> metrics.ImageBank:
+def mnist_image_bank(data_dir: Path) -> metrics.ImageBank:
     """Every MNIST image, training and test set, pooled as the memorisation search compares them:
     from the per-user cache (<cache>/image_bank/<key>.npy, 55 MB), else pooled from the data and
     cached, under a file lock so that concurrent workers pool once. Worth it for every worker's
     start: loading the 60 000 training images, joining them to the test set's and pooling took
     1.5-3 s of CPU on one thread, reading the cached array about 0.1 s. The key is the files'
-    canonical md5s (the data module checks every file against them before anyone reads it)."""
+    canonical md5s (the data module checks every file against them before anyone reads it) and
+    torch's version (the pooling's last bits are torch's, as in the features cache)."""
     from . import atomic, paths
     from .data import load_mnist, mnist_md5s
     from .metrics.memorisation import pooled as pool_images
 
-    key = hashlib.sha256(json.dumps([BANK_FORMAT, sorted(mnist_md5s().items())]).encode()).hexdigest()[:24]
+    key = hashlib.sha256(json.dumps([BANK_FORMAT, torch.__version__, sorted(mnist_md5s().items())]).encode()).hexdigest()[:24]
     root = paths.cache_dir() / "image_bank"
     path = root / f"{key}.npy"
 
@@ -95,6 +96,7 @@ def mnist_image_bank(data_dir: Path, test_images: torch.Tensor) -> metrics.Image
 
     def make() -> metrics.ImageBank:
         train_images, _ = load_mnist(train=True, data_dir=data_dir)
+        test_images, _ = load_mnist(train=False, data_dir=data_dir)
         pooled = pool_images(torch.cat([train_images, test_images]))
         buffer = io.BytesIO()
         np.save(buffer, pooled.numpy())
